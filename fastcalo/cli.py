@@ -1,0 +1,135 @@
+"""Command-line interfaces: ``fastcalo`` (sub-commands) and ``fastcalo-validate``.
+
+Thin by design: parse the arguments, call the library, turn its errors into one clear line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ("main", "validate_main")
+
+log = logging.getLogger("fastcalo")
+
+# Options whose values may start with "-" (e.g. "--eta -1.5:1.5"); argparse would read them as options.
+_SIGNED_OPTIONS = ("--eta", "--energy")
+
+
+def _join_signed(argv: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    tokens = list(argv)
+    i = 0
+    while i < len(tokens):
+        if tokens[i] in _SIGNED_OPTIONS and i + 1 < len(tokens) and tokens[i + 1].startswith("-"):
+            out.append(f"{tokens[i]}={tokens[i + 1]}")
+            i += 2
+        else:
+            out.append(tokens[i])
+            i += 1
+    return out
+
+
+def parse_span(text: str, what: str) -> tuple[float, float] | list[float]:
+    """'1:100' -> (1.0, 100.0); '10' or '1,2,5' -> [10.0] or [1.0, 2.0, 5.0].
+
+    Example:
+        >>> parse_span("-1.5:1.5", "eta"), parse_span("1,10", "energy")
+        ((-1.5, 1.5), [1.0, 10.0])
+    """
+    try:
+        if ":" in text:
+            low, high = (float(v) for v in text.split(":"))
+            return (low, high)
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        msg = f"--{what}: expected LOW:HIGH, a value or a comma-separated list of values, got {text!r}"
+        raise ValueError(msg) from None
+
+
+def _mc(args: argparse.Namespace) -> int:
+    import numba
+
+    from . import mc
+
+    if args.threads:
+        numba.set_num_threads(args.threads)
+    energy = parse_span(args.energy, "energy")
+    eta = parse_span(args.eta, "eta")
+    if isinstance(eta, list):
+        if len(eta) != 1:
+            msg = f"--eta: expected LOW:HIGH or one value, got {args.eta!r}"
+            raise ValueError(msg)
+        eta = (eta[0], eta[0])
+    if isinstance(energy, tuple):
+        conditions = mc.sample_conditions(
+            args.n, energy=energy, eta=eta, particle=args.particle, log_uniform=args.log_uniform, seed=args.seed
+        )
+    else:
+        conditions = mc.sample_conditions(args.n, points=energy, eta=eta, particle=args.particle, seed=args.seed)
+    n = mc.simulate_to_file(
+        conditions,
+        args.output,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        chunk_size=args.chunk_size,
+        progress=not args.no_progress,
+        metadata={"command": "fastcalo mc " + " ".join(args.argv)},
+    )
+    log.info("wrote %d showers to %s", n, args.output)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastcalo", description="Fast calorimeter shower simulation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser(
+        "mc",
+        help="generate reference Monte Carlo showers",
+        description="Generate showers with the reference Monte Carlo, on all cores, into a ROOT or HDF5 file.",
+        epilog="example: fastcalo mc --particle photon --energy 1:100 --log-uniform --eta -1.5:1.5 "
+        "--n 100000 --seed 1 -o reference.h5",
+    )
+    p.add_argument("--particle", default="photon", help="photon, electron or positron (default photon)")
+    p.add_argument(
+        "--energy", default="1:100", help="GeV: LOW:HIGH range (n in all) or points '1,10,100' (n at each point)"
+    )
+    p.add_argument("--log-uniform", action="store_true", help="sample the energy range uniformly in log(E)")
+    p.add_argument("--eta", default="0", help="LOW:HIGH (uniform) or one value (default 0)")
+    p.add_argument("--n", type=int, required=True, help="showers in all, or per energy point")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output file, .root or .h5")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--threads", type=int, default=0, help="threads (default: all cores)")
+    p.add_argument("--chunk-size", type=int, default=2000, help="showers per chunk in memory (default 2000)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_mc)
+    return parser
+
+
+def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(_join_signed(raw))
+    args.argv = raw
+    try:
+        return int(args.func(args))
+    except (ValueError, KeyError, OSError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        parser.exit(2, f"{parser.prog}: error: {message}\n")
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``fastcalo``: the command-line entry point."""
+    return _run(_parser(), argv)
+
+
+def validate_main(argv: Sequence[str] | None = None) -> int:
+    """``fastcalo-validate``: plots and metrics of shower datasets (see ``docs/validation.md``)."""
+    from .validation.cli import build_parser
+
+    return _run(build_parser(), argv)

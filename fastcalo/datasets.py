@@ -1,0 +1,432 @@
+"""Shower datasets: one record per particle, in memory, in ROOT and in HDF5.
+
+A record is the incident kinetic energy (GeV), eta, phi, the PDG id, the impact point inside the
+central cell (mm) and the 24x24 image of cell energies (GeV).
+
+On disk, chosen by the file extension:
+
+- ROOT (``.root``): a TTree ``showers`` written with uproot, branches ``incident_energy`` [GeV],
+  ``eta``, ``phi``, ``pdgid``, ``impact_x``, ``impact_y`` [mm] and ``image``, a fixed-size
+  float32[576] [GeV], plus a ``fastcalo_meta`` string (JSON: units, geometry, detector).
+- HDF5 (``.h5``, ``.hdf5``): the CaloChallenge layout, ``incident_energies`` (N, 1) and
+  ``showers`` (N, 576) in MeV, plus ``eta``, ``phi``, ``pdgid``, ``impact_x``, ``impact_y``
+  (N,) and the same metadata as attributes of the file.
+
+Writes go to a temporary file beside the target and are renamed into place at the end, so a
+failed or interrupted write never leaves a partial file under the target name.
+
+Example:
+    >>> import numpy as np, fastcalo.datasets as ds
+    >>> data = ds.ShowerData.from_arrays(energy=[10.0], eta=[0.1], phi=[0.0], pdgid=[22],
+    ...                                  impact_x=[5.0], impact_y=[5.0], images=np.zeros((1, 24, 24)))
+    >>> len(data), data.images.shape
+    (1, (1, 24, 24))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .detector import DEFAULT_DETECTOR, PARTICLES, Detector
+
+__all__ = (
+    "CONDITION_COLUMNS",
+    "ShowerData",
+    "ShowerWriter",
+    "atomic_path",
+    "iterate",
+    "read",
+    "write",
+)
+
+#: Per-particle columns beside the image, with their units.
+CONDITION_COLUMNS: dict[str, str] = {
+    "energy": "GeV",
+    "eta": "",
+    "phi": "rad",
+    "pdgid": "",
+    "impact_x": "mm",
+    "impact_y": "mm",
+}
+_ROOT_NAMES = {"energy": "incident_energy"}
+_TREE = "showers"
+_META = "fastcalo_meta"
+_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ShowerData:
+    """Showers in memory. Shapes: conditions (N,), ``images`` (N, n, n) float32 in GeV."""
+
+    energy: np.ndarray
+    eta: np.ndarray
+    phi: np.ndarray
+    pdgid: np.ndarray
+    impact_x: np.ndarray
+    impact_y: np.ndarray
+    images: np.ndarray
+
+    @classmethod
+    def from_arrays(cls, *, source: str = "arrays", **columns: Any) -> ShowerData:
+        """Build and check a dataset from array-likes (keyword per column, ``images`` last)."""
+        expected = [f.name for f in fields(cls)]
+        missing = [name for name in expected if name not in columns]
+        extra = [name for name in columns if name not in expected]
+        if missing or extra:
+            msg = f"{source}: expected columns {expected}, missing {missing}, unexpected {extra}"
+            raise ValueError(msg)
+        images = np.asarray(columns["images"], dtype=np.float32)
+        if images.ndim == 2:
+            side = int(round(np.sqrt(images.shape[1])))
+            if side * side != images.shape[1]:
+                msg = f"{source}: images of {images.shape[1]} cells are not square (expected n*n, e.g. 576)"
+                raise ValueError(msg)
+            images = images.reshape(len(images), side, side)
+        if images.ndim != 3 or images.shape[1] != images.shape[2]:
+            msg = f"{source}: images must have shape (N, n, n) or (N, n*n), got {images.shape}"
+            raise ValueError(msg)
+        data = {"images": images}
+        dtypes = {"pdgid": np.int32}
+        for name in CONDITION_COLUMNS:
+            column = np.asarray(columns[name], dtype=dtypes.get(name, np.float64)).reshape(-1)
+            if column.shape[0] != images.shape[0]:
+                msg = f"{source}: column {name!r} has {column.shape[0]} entries but there are {images.shape[0]} images"
+                raise ValueError(msg)
+            data[name] = column
+        result = cls(**data)
+        result.check(source)
+        return result
+
+    def check(self, source: str = "dataset") -> None:
+        """Raise ValueError on non-finite values, non-positive energies or unknown particles."""
+        for name in (*CONDITION_COLUMNS, "images"):
+            values = getattr(self, name)
+            if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
+                bad = int(np.count_nonzero(~np.isfinite(values)))
+                msg = f"{source}: {bad} non-finite value(s) in {name!r}"
+                raise ValueError(msg)
+        if np.any(self.energy <= 0):
+            msg = f"{source}: incident energies must be > 0 GeV, found min {self.energy.min()!r}"
+            raise ValueError(msg)
+        unknown = np.setdiff1d(self.pdgid, list(PARTICLES.values()))
+        if unknown.size:
+            msg = f"{source}: unknown pdgid(s) {unknown.tolist()}, expected {sorted(PARTICLES.values())}"
+            raise ValueError(msg)
+
+    def __len__(self) -> int:
+        return int(self.energy.shape[0])
+
+    def __getitem__(self, index: slice | np.ndarray) -> ShowerData:
+        return ShowerData(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+    @staticmethod
+    def concatenate(parts: list[ShowerData]) -> ShowerData:
+        """One dataset from several (same image size)."""
+        if not parts:
+            msg = "concatenate needs at least one dataset"
+            raise ValueError(msg)
+        return ShowerData(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(ShowerData)})
+
+
+def _kind(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix == ".root":
+        return "root"
+    if suffix in (".h5", ".hdf5"):
+        return "hdf5"
+    msg = f"{path}: unknown shower file type {suffix!r}, expected .root, .h5 or .hdf5"
+    raise ValueError(msg)
+
+
+def _metadata(kind: str, detector: Detector, extra: dict[str, Any] | None) -> dict[str, Any]:
+    energy_unit = "MeV" if kind == "hdf5" else "GeV"
+    meta = {
+        "format": "fastcalo.showers",
+        "format_version": _FORMAT_VERSION,
+        "units": dict(CONDITION_COLUMNS, energy=energy_unit, images=energy_unit),
+        "n_cells": detector.n_cells,
+        "detector": detector.to_dict(),
+    }
+    if extra:
+        meta.update(extra)
+    return meta
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
+
+    Raises FileExistsError if ``path`` exists and ``overwrite`` is false, and an OSError that names
+    the directory if it cannot be written.
+    """
+    target = Path(path)
+    if target.exists() and not overwrite:
+        msg = f"{target} already exists (pass overwrite=True, or --overwrite on the command line)"
+        raise FileExistsError(msg)
+    directory = target.parent if str(target.parent) else Path(".")
+    if not directory.is_dir():
+        msg = f"cannot write {target}: directory {directory} does not exist"
+        raise FileNotFoundError(msg)
+    if not os.access(directory, os.W_OK):
+        msg = f"cannot write {target}: directory {directory} is not writable"
+        raise PermissionError(msg)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=directory)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+class ShowerWriter:
+    """Write a shower file chunk by chunk, atomically (use as a context manager).
+
+    Example:
+        >>> import tempfile, pathlib, numpy as np, fastcalo.datasets as ds
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "showers.h5"
+        >>> chunk = ds.ShowerData.from_arrays(energy=[5.0, 7.0], eta=[0, 0], phi=[0, 0], pdgid=[22, 11],
+        ...                                   impact_x=[1, 2], impact_y=[3, 4], images=np.ones((2, 24, 24)))
+        >>> with ds.ShowerWriter(path) as out:
+        ...     out.write(chunk)
+        ...     out.write(chunk)
+        >>> len(ds.read(path))
+        4
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        detector: Detector = DEFAULT_DETECTOR,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self._kind = _kind(self.path)
+        self._overwrite = overwrite
+        self._meta = _metadata(self._kind, detector, metadata)
+        self._n_cells = detector.n_cells
+        self._atomic: contextlib.AbstractContextManager[Path] | None = None
+        self._file: Any = None
+        self._tree: Any = None
+        self.n_written = 0
+
+    def __enter__(self) -> ShowerWriter:
+        self._atomic = atomic_path(self.path, overwrite=self._overwrite)
+        tmp = self._atomic.__enter__()
+        if self._kind == "root":
+            import uproot
+
+            self._file = uproot.recreate(tmp)
+            self._file[_META] = json.dumps(self._meta)
+            n = self._n_cells * self._n_cells
+            branch_types = {_ROOT_NAMES.get(c, c): (np.int32 if c == "pdgid" else np.float64) for c in CONDITION_COLUMNS}
+            branch_types["image"] = np.dtype((np.float32, (n,)))
+            self._tree = self._file.mktree(_TREE, branch_types, title="fastcalo showers (GeV, mm)")
+        else:
+            import h5py
+
+            self._file = h5py.File(tmp, "w")
+            for key, value in self._meta.items():
+                self._file.attrs[key] = json.dumps(value) if isinstance(value, dict) else value
+            n = self._n_cells * self._n_cells
+            self._file.create_dataset("incident_energies", (0, 1), maxshape=(None, 1), dtype="f8", chunks=(4096, 1))
+            self._file.create_dataset(
+                "showers", (0, n), maxshape=(None, n), dtype="f4", chunks=(256, n), compression="gzip", compression_opts=1
+            )
+            for c in CONDITION_COLUMNS:
+                if c != "energy":
+                    self._file.create_dataset(c, (0,), maxshape=(None,), dtype="i4" if c == "pdgid" else "f8", chunks=(4096,))
+        return self
+
+    def write(self, data: ShowerData) -> None:
+        """Append a chunk of showers."""
+        if self._file is None:
+            msg = "ShowerWriter.write called outside its 'with' block"
+            raise RuntimeError(msg)
+        if data.images.shape[1:] != (self._n_cells, self._n_cells):
+            msg = f"{self.path}: expected images of {self._n_cells}x{self._n_cells} cells, got {data.images.shape[1:]}"
+            raise ValueError(msg)
+        n = len(data)
+        flat = data.images.reshape(n, -1).astype(np.float32, copy=False)
+        if self._kind == "root":
+            arrays = {_ROOT_NAMES.get(c, c): getattr(data, c) for c in CONDITION_COLUMNS}
+            arrays["image"] = flat
+            self._tree.extend(arrays)
+        else:
+            f = self._file
+            start = self.n_written
+            for name in ("incident_energies", "showers", *(c for c in CONDITION_COLUMNS if c != "energy")):
+                f[name].resize(start + n, axis=0)
+            f["incident_energies"][start:] = data.energy.reshape(-1, 1) * 1e3  # GeV -> MeV
+            f["showers"][start:] = flat * np.float32(1e3)
+            for c in CONDITION_COLUMNS:
+                if c != "energy":
+                    f[c][start:] = getattr(data, c)
+        self.n_written += n
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        assert self._atomic is not None
+        try:
+            self._file.close()
+        finally:
+            self._file = None
+            self._atomic.__exit__(exc_type, exc, tb)  # type: ignore[arg-type]
+
+
+def write(
+    data: ShowerData,
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    detector: Detector = DEFAULT_DETECTOR,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write a whole dataset to ``path`` (.root, .h5 or .hdf5), atomically; return the path."""
+    with ShowerWriter(path, overwrite=overwrite, detector=detector, metadata=metadata) as out:
+        out.write(data)
+    return Path(path)
+
+
+def _suggest(name: str, available: list[str]) -> str:
+    import difflib
+
+    near = difflib.get_close_matches(name, available, n=3)
+    return f"; did you mean {near}?" if near else ""
+
+
+def _open_hdf5(path: Path) -> tuple[Any, int, float]:
+    import h5py
+
+    f = h5py.File(path, "r")
+    keys = sorted(f.keys())
+    required = ["incident_energies", "showers", *(c for c in CONDITION_COLUMNS if c != "energy")]
+    missing = [k for k in required if k not in keys]
+    if missing:
+        f.close()
+        hints = "".join(_suggest(m, keys) for m in missing)
+        msg = f"{path}: missing key(s) {missing}; the file has {keys}{hints}"
+        raise KeyError(msg)
+    n = f["showers"].shape[0]
+    if f["incident_energies"].shape != (n, 1):
+        msg = f"{path}: 'incident_energies' must have shape (N, 1) = ({n}, 1), got {f['incident_energies'].shape}"
+        f.close()
+        raise ValueError(msg)
+    scale = 1e-3  # CaloChallenge files are in MeV
+    units = f.attrs.get("units")
+    if units is not None:
+        declared = json.loads(units) if str(units).startswith("{") else {"images": str(units)}
+        if declared.get("images", "MeV") != "MeV" or declared.get("energy", "MeV") != "MeV":
+            msg = f"{path}: HDF5 shower files hold MeV (CaloChallenge layout), but the file declares {declared}"
+            f.close()
+            raise ValueError(msg)
+    return f, n, scale
+
+
+def _open_root(path: Path) -> tuple[Any, Any, int]:
+    import uproot
+
+    f = uproot.open(path)
+    if _TREE not in f:
+        keys = [k.split(";")[0] for k in f.keys()]
+        msg = f"{path}: no TTree {_TREE!r}; the file has {keys}{_suggest(_TREE, keys)}"
+        f.close()
+        raise KeyError(msg)
+    tree = f[_TREE]
+    branches = list(tree.keys())
+    required = [_ROOT_NAMES.get(c, c) for c in CONDITION_COLUMNS] + ["image"]
+    missing = [b for b in required if b not in branches]
+    if missing:
+        hints = "".join(_suggest(m, branches) for m in missing)
+        msg = f"{path}: tree {_TREE!r} is missing branch(es) {missing}; it has {branches}{hints}"
+        f.close()
+        raise KeyError(msg)
+    if _META in f:
+        meta = json.loads(str(f[_META]))
+        unit = meta.get("units", {}).get("images", "GeV")
+        if unit != "GeV":
+            msg = f"{path}: ROOT shower files hold GeV, but the file declares {unit!r}"
+            f.close()
+            raise ValueError(msg)
+    return f, tree, int(tree.num_entries)
+
+
+def _check_cells(path: Path, n_values: int, detector: Detector | None) -> None:
+    if detector is not None and n_values != detector.n_total_cells:
+        msg = (
+            f"{path}: showers have {n_values} cells but the detector has {detector.n_total_cells} "
+            f"({detector.n_cells}x{detector.n_cells})"
+        )
+        raise ValueError(msg)
+
+
+def iterate(
+    path: str | os.PathLike[str],
+    *,
+    step_size: int = 100_000,
+    detector: Detector | None = DEFAULT_DETECTOR,
+    entry_start: int = 0,
+    entry_stop: int | None = None,
+) -> Iterator[ShowerData]:
+    """Read a shower file in chunks of at most ``step_size`` showers (bounded memory).
+
+    ``detector`` checks the number of cells (None skips the check).
+    """
+    path = Path(path)
+    if not path.is_file():
+        msg = f"no shower file at {path}"
+        raise FileNotFoundError(msg)
+    if step_size <= 0:
+        msg = f"step_size must be > 0, got {step_size}"
+        raise ValueError(msg)
+    kind = _kind(path)
+    source = str(path)
+    if kind == "hdf5":
+        f, n, scale = _open_hdf5(path)
+        with f:
+            _check_cells(path, f["showers"].shape[1], detector)
+            stop = n if entry_stop is None else min(entry_stop, n)
+            for start in range(entry_start, stop, step_size):
+                end = min(start + step_size, stop)
+                columns = {c: f[c][start:end] for c in CONDITION_COLUMNS if c != "energy"}
+                yield ShowerData.from_arrays(
+                    source=f"{source}[{start}:{end}]",
+                    energy=f["incident_energies"][start:end, 0] * scale,
+                    images=f["showers"][start:end] * np.float32(scale),
+                    **columns,
+                )
+    else:
+        f, tree, n = _open_root(path)
+        with f:
+            width = tree["image"].interpretation.inner_shape
+            _check_cells(path, int(np.prod(width)) if width else 0, detector)
+            stop = n if entry_stop is None else min(entry_stop, n)
+            for start in range(entry_start, stop, step_size):
+                end = min(start + step_size, stop)
+                arrays = tree.arrays(library="np", entry_start=start, entry_stop=end)
+                yield ShowerData.from_arrays(
+                    source=f"{source}[{start}:{end}]",
+                    **{c: arrays[_ROOT_NAMES.get(c, c)] for c in CONDITION_COLUMNS},
+                    images=arrays["image"],
+                )
+
+
+def read(path: str | os.PathLike[str], *, detector: Detector | None = DEFAULT_DETECTOR, **kwargs: Any) -> ShowerData:
+    """Read a whole shower file into memory (see :func:`iterate` for the options)."""
+    parts = list(iterate(path, detector=detector, **kwargs))
+    if not parts:
+        msg = f"{path}: the file holds no showers"
+        raise ValueError(msg)
+    return ShowerData.concatenate(parts)

@@ -1,0 +1,366 @@
+"""The reference Monte Carlo: an analog electromagnetic cascade in the default calorimeter.
+
+Photons, electrons and positrons are tracked through the homogeneous block (pair production and
+bremsstrahlung with screening, Compton scattering, photo-absorption below the photon cut,
+continuous ionisation loss, Highland multiple scattering, positron annihilation at rest). Their
+deposits are summed per cell over depth; the detector response (photo-statistics, noise, zero
+suppression) is applied afterwards. Every shower has its own random stream, derived from the seed
+and its global index, so results do not depend on how the work is split. The physics and its
+approximations are described in ``docs/reference-mc.md``.
+
+Example:
+    >>> from fastcalo import mc
+    >>> result = mc.simulate(energy=[10.0, 10.0], eta=[0.0, 0.5], particle="photon", seed=1)
+    >>> result.showers.images.shape
+    (2, 24, 24)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from ..datasets import ShowerData, ShowerWriter
+from ..detector import DEFAULT_DETECTOR, ELECTRON_MASS, Detector, pdgid_of
+from ._physics import PhysicsTables, build_tables
+
+__all__ = ("MCConfig", "MCResult", "longitudinal_fit", "sample_conditions", "simulate", "simulate_to_file")
+
+_KIND_OF_PDGID = {22: 0, 11: 1, -11: 2}
+
+
+@dataclass(frozen=True)
+class MCConfig:
+    """Tracking cuts and step limits (energies in GeV, lengths in X0).
+
+    ``gamma_cut``: photons below it are photo-absorbed on the spot, and bremsstrahlung below it is
+    part of the continuous loss. ``electron_cut``: e+- below this kinetic energy deposit it on the
+    spot (a positron then annihilates). A step of an e+- is limited to ``max_step`` X0, to
+    ``max_loss`` of its kinetic energy, and so that the Highland angle stays below ``max_theta0``.
+    ``longitudinal_bin``/``radial_bin`` (mm) set the profile binning when profiles are scored.
+    """
+
+    gamma_cut: float = 0.1e-3
+    electron_cut: float = 1.0e-3
+    max_step: float = 0.5
+    max_loss: float = 0.2
+    max_theta0: float = 1.0
+    longitudinal_bin: float = 0.25 * 8.903
+    n_longitudinal: int = 240
+    radial_bin: float = 1.0
+    n_radial: int = 150
+
+    def __post_init__(self) -> None:
+        for name in ("gamma_cut", "electron_cut", "max_step", "max_loss", "max_theta0"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                msg = f"MCConfig.{name} must be finite and > 0, got {value!r}"
+                raise ValueError(msg)
+
+    def halved(self) -> MCConfig:
+        """The same configuration with both energy cuts halved (to check cut independence)."""
+        return replace(self, gamma_cut=self.gamma_cut / 2, electron_cut=self.electron_cut / 2)
+
+
+@dataclass(frozen=True)
+class MCResult:
+    """What :func:`simulate` returns.
+
+    ``showers``: the measured showers (after the detector response, unless it was switched off).
+    ``true_images``: (N, n, n) deposits before the response, GeV.
+    ``leakage``: (N,) energy that left the block, GeV.
+    ``longitudinal``: (N, n_longitudinal) deposits in bins of depth along the incident axis from
+    the entry point, or None; ``radial``: (N, n_radial) in bins of distance to that axis, or None.
+    ``available``: (N,) energy the cascade had to give: E_inc, plus 2 m_e for an incident
+    positron (its annihilation); deposit + leakage equals it.
+    """
+
+    showers: ShowerData
+    true_images: np.ndarray
+    leakage: np.ndarray
+    longitudinal: np.ndarray | None
+    radial: np.ndarray | None
+    config: MCConfig
+
+    @property
+    def available(self) -> np.ndarray:
+        return self.showers.energy + np.where(self.showers.pdgid == -11, 2 * ELECTRON_MASS, 0.0)
+
+
+@lru_cache(maxsize=8)
+def _tables(detector: Detector, gamma_cut: float) -> PhysicsTables:
+    return build_tables(detector.material, gamma_cut)
+
+
+def _as_column(name: str, value: Any, n: int, dtype: Any = np.float64) -> np.ndarray:
+    array = np.asarray(value, dtype=dtype).reshape(-1)
+    if array.size == 1 and n > 1:
+        array = np.full(n, array[0], dtype=dtype)
+    if array.size != n:
+        msg = f"{name} has {array.size} entries, expected {n} (one per shower) or a single value"
+        raise ValueError(msg)
+    return array
+
+
+def _check_energies(energy: np.ndarray) -> None:
+    if not np.all(np.isfinite(energy)) or np.any(energy <= 0):
+        bad = energy[~(np.isfinite(energy) & (energy > 0))]
+        msg = f"incident energies must be finite and > 0 GeV, found {bad[:5].tolist()}"
+        raise ValueError(msg)
+
+
+def _starts(eta: np.ndarray, impact_x: np.ndarray, impact_y: np.ndarray, detector: Detector) -> np.ndarray:
+    """(x, y, z, ux, uy, uz) at the front face for lines crossing the impact plane at (impact_x, impact_y)."""
+    alpha = detector.incidence_angle(eta)
+    z_ref = detector.impact_depth_x0 * detector.material.radiation_length
+    starts = np.empty((eta.size, 6))
+    starts[:, 0] = impact_x - z_ref * np.tan(alpha)
+    starts[:, 1] = impact_y
+    starts[:, 2] = 0.0
+    starts[:, 3] = np.sin(alpha)
+    starts[:, 4] = 0.0
+    starts[:, 5] = np.cos(alpha)
+    return starts
+
+
+def simulate(
+    energy: Any,
+    eta: Any = 0.0,
+    particle: str | int | Any = "photon",
+    *,
+    impact_x: Any = None,
+    impact_y: Any = None,
+    phi: Any = 0.0,
+    seed: int = 0,
+    first_index: int = 0,
+    detector: Detector = DEFAULT_DETECTOR,
+    config: MCConfig = MCConfig(),
+    response: bool = True,
+    profiles: bool = False,
+) -> MCResult:
+    """Simulate one shower per entry of ``energy``.
+
+    Arguments:
+        energy: incident kinetic energies, GeV, shape (N,) or scalar.
+        eta: pseudorapidity per shower (sets the incidence angle), or one value.
+        particle: "photon", "electron", "positron", a PDG id, or an array of PDG ids.
+        impact_x, impact_y: where the line of flight crosses the impact plane (mm); default the
+            centre of the central cell.
+        phi: stored with the showers (the barrel is symmetric in phi).
+        seed: the random seed; shower i uses the stream (seed, first_index + i).
+        first_index: global index of the first shower (to continue a sample in pieces).
+        detector, config: the calorimeter and the tracking cuts.
+        response: apply photo-statistics, noise and zero suppression to ``showers.images``.
+        profiles: also score longitudinal and radial profiles (memory: N x 390 floats).
+
+    Returns:
+        MCResult with ``showers.images`` (N, 24, 24) float32 GeV.
+    """
+    from ._transport import apply_response, transport
+
+    energy = np.asarray(energy, dtype=np.float64).reshape(-1)
+    n = energy.size
+    if n == 0:
+        msg = "simulate needs at least one energy"
+        raise ValueError(msg)
+    _check_energies(energy)
+    eta = _as_column("eta", eta, n)
+    if not np.all(np.isfinite(eta)):
+        msg = f"eta must be finite, found {eta[~np.isfinite(eta)][:5].tolist()}"
+        raise ValueError(msg)
+    if isinstance(particle, (str, int, np.integer)):
+        pdgid = np.full(n, pdgid_of(particle), dtype=np.int32)
+    else:
+        pdgid = _as_column("particle", particle, n, np.int32)
+        for value in np.unique(pdgid):
+            pdgid_of(int(value))
+    low, high = detector.central_cell
+    centre = 0.5 * (low + high)
+    impact_x = _as_column("impact_x", centre if impact_x is None else impact_x, n)
+    impact_y = _as_column("impact_y", centre if impact_y is None else impact_y, n)
+    phi = _as_column("phi", phi, n)
+
+    tables = _tables(detector, config.gamma_cut)
+    geo = np.array(
+        [
+            detector.material.radiation_length,
+            detector.half_width,
+            detector.depth,
+            detector.cell_size,
+            config.longitudinal_bin,
+            config.radial_bin,
+        ]
+    )
+    cuts = np.array([config.gamma_cut, config.electron_cut, config.max_step, config.max_loss, config.max_theta0])
+    kinds = np.array([_KIND_OF_PDGID[int(p)] for p in pdgid], dtype=np.int64)
+    n_cells = detector.n_cells
+    true_images = np.zeros((n, n_cells, n_cells))
+    longitudinal = np.zeros((n, config.n_longitudinal if profiles else 1))
+    radial = np.zeros((n, config.n_radial if profiles else 1))
+    leakage = np.zeros(n)
+    transport(
+        kinds, energy, _starts(eta, impact_x, impact_y, detector), np.uint64(seed), np.uint64(first_index),
+        geo, cuts, np.array([tables.log_e0, tables.dlog]), tables.brem_rate, tables.dedx,
+        tables.photon_rate, tables.pair_fraction, tables.photo_fraction, tables.screening,
+        true_images, longitudinal, radial, leakage,
+    )  # fmt: skip
+    if response:
+        measured = np.empty_like(true_images)
+        r = detector.response
+        apply_response(
+            true_images, np.uint64(seed), np.uint64(first_index), r.photoelectrons_per_gev, r.noise, r.threshold, measured
+        )
+    else:
+        measured = true_images
+    showers = ShowerData(
+        energy=energy, eta=eta, phi=phi, pdgid=pdgid, impact_x=impact_x, impact_y=impact_y,
+        images=measured.astype(np.float32),
+    )  # fmt: skip
+    return MCResult(
+        showers=showers,
+        true_images=true_images,
+        leakage=leakage,
+        longitudinal=longitudinal if profiles else None,
+        radial=radial if profiles else None,
+        config=config,
+    )
+
+
+def _parse_range(name: str, value: Any) -> tuple[float, float]:
+    low, high = (float(value), float(value)) if np.ndim(value) == 0 else (float(value[0]), float(value[1]))
+    if not (math.isfinite(low) and math.isfinite(high)) or low > high:
+        msg = f"{name} range must be finite with low <= high, got {value!r}"
+        raise ValueError(msg)
+    return low, high
+
+
+def sample_conditions(
+    n: int,
+    *,
+    energy: Any = (1.0, 100.0),
+    points: Any = None,
+    eta: Any = (-1.5, 1.5),
+    particle: str | int = "photon",
+    log_uniform: bool = True,
+    seed: int = 0,
+    detector: Detector = DEFAULT_DETECTOR,
+) -> dict[str, np.ndarray]:
+    """Draw incident particles: energies in a range (log-uniform or uniform) or at fixed points.
+
+    Arguments:
+        n: showers in all (energy range) or per point (``points``).
+        energy: (low, high) in GeV, or one value for a fixed energy.
+        points: energies in GeV; if given, n showers at each point (``energy`` is ignored).
+        eta: (low, high), uniform, or one value.
+        particle: name or PDG id.
+        log_uniform: sample the energy range uniformly in log(E) rather than in E.
+        seed: the random seed.
+
+    Returns:
+        Columns ``energy, eta, phi, pdgid, impact_x, impact_y`` (see :mod:`fastcalo.datasets`);
+        the impact point is uniform in the central cell.
+
+    Example:
+        >>> c = sample_conditions(3, points=[1.0, 10.0], seed=1)
+        >>> c["energy"].tolist()
+        [1.0, 1.0, 1.0, 10.0, 10.0, 10.0]
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
+        msg = f"n must be a positive integer, got {n!r}"
+        raise ValueError(msg)
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0xC0D,)))
+    if points is not None:
+        values = np.asarray(points, dtype=np.float64).reshape(-1)
+        if values.size == 0:
+            msg = "points must hold at least one energy"
+            raise ValueError(msg)
+        _check_energies(values)
+        energies = np.repeat(values, n)
+    else:
+        low, high = _parse_range("energy", energy)
+        _check_energies(np.array([low, high]))
+        u = rng.random(n)
+        energies = np.exp(np.log(low) + u * np.log(high / low)) if log_uniform else low + u * (high - low)
+    total = energies.size
+    eta_low, eta_high = _parse_range("eta", eta)
+    cell_low, cell_high = detector.central_cell
+    return {
+        "energy": energies,
+        "eta": rng.uniform(eta_low, eta_high, total),
+        "phi": rng.uniform(-math.pi, math.pi, total),
+        "pdgid": np.full(total, pdgid_of(particle), dtype=np.int32),
+        "impact_x": rng.uniform(cell_low, cell_high, total),
+        "impact_y": rng.uniform(cell_low, cell_high, total),
+    }
+
+
+def simulate_to_file(
+    conditions: dict[str, np.ndarray],
+    path: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    overwrite: bool = False,
+    chunk_size: int = 2000,
+    detector: Detector = DEFAULT_DETECTOR,
+    config: MCConfig = MCConfig(),
+    progress: bool = True,
+    metadata: dict[str, Any] | None = None,
+) -> int:
+    """Simulate showers for the given conditions and write them to ``path`` chunk by chunk, atomically.
+
+    The result is the same whatever ``chunk_size``: shower i always uses stream (seed, i).
+    Returns the number of showers written.
+    """
+    from tqdm.auto import tqdm
+
+    n = int(conditions["energy"].size)
+    meta = {"generator": "fastcalo.mc", "seed": seed, "mc_config": config.__dict__}
+    meta.update(metadata or {})
+    with ShowerWriter(path, overwrite=overwrite, detector=detector, metadata=meta) as out, tqdm(
+        total=n, unit="shower", disable=not progress, desc="fastcalo mc"
+    ) as bar:
+        for start in range(0, n, chunk_size):
+            part = slice(start, min(n, start + chunk_size))
+            result = simulate(
+                conditions["energy"][part],
+                conditions["eta"][part],
+                conditions["pdgid"][part],
+                impact_x=conditions["impact_x"][part],
+                impact_y=conditions["impact_y"][part],
+                phi=conditions["phi"][part],
+                seed=seed,
+                first_index=start,
+                detector=detector,
+                config=config,
+            )
+            out.write(result.showers)
+            bar.update(part.stop - part.start)
+    return n
+
+
+def longitudinal_fit(profile: np.ndarray, bin_width: float) -> tuple[float, float, float]:
+    """Fit the gamma-function profile dE/dt = E b (bt)^(a-1) e^(-bt) / Gamma(a) (PDG eq. 34.35).
+
+    The fit is linear in log: ln(dE/dt) = c + (a - 1) ln t - b t, with each bin weighted by its
+    content (as a least-squares fit of dE/dt itself would); bins under 1 % of the peak are left out.
+
+    Arguments:
+        profile: mean energy per depth bin, shape (n_bins,).
+        bin_width: bin width in radiation lengths.
+
+    Returns:
+        (a, b, t_max) with t_max = (a - 1) / b in radiation lengths.
+    """
+    profile = np.asarray(profile, dtype=np.float64)
+    t = (np.arange(profile.size) + 0.5) * bin_width
+    keep = profile > 1e-2 * profile.max()
+    design = np.column_stack([np.ones(keep.sum()), np.log(t[keep]), -t[keep]])
+    weights = profile[keep]
+    coef, *_ = np.linalg.lstsq(design * weights[:, None], np.log(profile[keep]) * weights, rcond=None)
+    a, b = coef[1] + 1.0, coef[2]
+    return float(a), float(b), float((a - 1.0) / b)
