@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastcalo import datasets as ds
+from fastcalo.cli import main
+
+
+def test_mc_range_to_root(tmp_path: Path) -> None:
+    out = tmp_path / "ref.root"
+    code = main(["mc", "--particle", "electron", "--energy", "1:20", "--log-uniform", "--eta", "-1.5:1.5",
+                 "--n", "12", "--seed", "3", "-o", str(out), "--no-progress", "--chunk-size", "5"])  # fmt: skip
+    assert code == 0
+    data = ds.read(out)
+    assert len(data) == 12
+    assert np.all((data.energy >= 1) & (data.energy <= 20))
+    assert np.all(np.abs(data.eta) <= 1.5) and np.any(data.eta < 0)
+    assert np.all(data.pdgid == 11)
+    assert np.all(data.images.sum(axis=(1, 2)) > 0.5 * data.energy)
+
+
+def test_mc_points_to_hdf5_same_as_library(tmp_path: Path) -> None:
+    from fastcalo import mc
+
+    out = tmp_path / "points.h5"
+    assert main(["mc", "--energy", "2,5", "--n", "3", "--seed", "4", "-o", str(out), "--no-progress"]) == 0
+    data = ds.read(out)
+    assert data.energy.tolist() == [2, 2, 2, 5, 5, 5]
+    cond = mc.sample_conditions(3, points=[2, 5], eta=(0, 0), seed=4)
+    expected = mc.simulate(cond["energy"], cond["eta"], 22, impact_x=cond["impact_x"], impact_y=cond["impact_y"], seed=4)
+    np.testing.assert_allclose(data.images, expected.showers.images, rtol=1e-6)  # GeV -> MeV -> GeV in float32
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--energy", "0"], "must be finite and > 0 GeV, found \\[0.0\\]"),
+        (["--energy", "-5:10"], "must be finite and > 0 GeV"),
+        (["--energy", "nan"], "must be finite and > 0 GeV, found \\[nan\\]"),
+        (["--energy", "abc"], "--energy: expected LOW:HIGH, a value or a comma-separated list"),
+        (["--particle", "muon"], "unknown particle 'muon'"),
+        (["--n", "0"], "n must be a positive integer, got 0"),
+        (["--n", "-4"], "n must be a positive integer, got -4"),
+    ],
+)
+def test_mc_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
+    out = tmp_path / "x.h5"
+    argv = ["mc", "--n", "2", "-o", str(out), "--no-progress", *args]
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    import re
+
+    assert re.search(message, capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_mc_existing_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "x.h5"
+    out.write_text("keep me")
+    with pytest.raises(SystemExit):
+        main(["mc", "--n", "1", "-o", str(out), "--no-progress"])
+    assert "already exists" in capsys.readouterr().err
+    assert out.read_text() == "keep me"
+    assert main(["mc", "--n", "1", "-o", str(out), "--no-progress", "--overwrite"]) == 0
+    assert len(ds.read(out)) == 1
+
+
+def test_mc_unwritable_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["mc", "--n", "1", "-o", str(tmp_path / "no" / "x.root"), "--no-progress"])
+    assert "does not exist" in capsys.readouterr().err

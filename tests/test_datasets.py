@@ -1,0 +1,171 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import uproot
+
+from fastcalo import datasets as ds
+
+
+def _data(n: int = 10, seed: int = 0) -> ds.ShowerData:
+    rng = np.random.default_rng(seed)
+    return ds.ShowerData.from_arrays(
+        energy=rng.uniform(1, 100, n),
+        eta=rng.uniform(-1.5, 1.5, n),
+        phi=rng.uniform(-3, 3, n),
+        pdgid=rng.choice([22, 11, -11], n),
+        impact_x=rng.uniform(0, 10, n),
+        impact_y=rng.uniform(0, 10, n),
+        images=rng.exponential(0.1, (n, 24, 24)).astype(np.float32),
+    )
+
+
+@pytest.mark.parametrize("suffix", [".root", ".h5", ".hdf5"])
+def test_round_trip(tmp_path: Path, suffix: str) -> None:
+    data = _data()
+    path = ds.write(data, tmp_path / f"showers{suffix}")
+    back = ds.read(path)
+    for name in ("energy", "eta", "phi", "pdgid", "impact_x", "impact_y"):
+        np.testing.assert_allclose(getattr(back, name), getattr(data, name), rtol=1e-12)
+    np.testing.assert_allclose(back.images, data.images, rtol=1e-6)
+    assert back.images.dtype == np.float32 and back.images.shape == (10, 24, 24)
+
+
+def test_hdf5_is_calochallenge_layout_in_mev(tmp_path: Path) -> None:
+    data = _data(4)
+    ds.write(data, tmp_path / "s.h5")
+    with h5py.File(tmp_path / "s.h5") as f:
+        assert f["incident_energies"].shape == (4, 1)
+        assert f["showers"].shape == (4, 576)
+        np.testing.assert_allclose(f["incident_energies"][:, 0], data.energy * 1e3)
+        np.testing.assert_allclose(f["showers"][:], data.images.reshape(4, 576) * 1e3, rtol=1e-6)
+        assert json.loads(f.attrs["units"])["images"] == "MeV"
+
+
+def test_root_layout(tmp_path: Path) -> None:
+    ds.write(_data(3), tmp_path / "s.root")
+    with uproot.open(tmp_path / "s.root") as f:
+        tree = f["showers"]
+        assert set(tree.keys()) >= {"incident_energy", "eta", "phi", "pdgid", "impact_x", "impact_y", "image"}
+        assert tree["image"].interpretation.inner_shape == (576,)
+        assert json.loads(str(f["fastcalo_meta"]))["units"]["images"] == "GeV"
+
+
+@pytest.mark.parametrize("suffix", [".root", ".h5"])
+def test_chunked_iteration(tmp_path: Path, suffix: str) -> None:
+    data = _data(25)
+    path = tmp_path / f"s{suffix}"
+    with ds.ShowerWriter(path) as out:
+        out.write(data[:10])
+        out.write(data[10:])
+    chunks = list(ds.iterate(path, step_size=7))
+    assert [len(c) for c in chunks] == [7, 7, 7, 4]
+    np.testing.assert_allclose(ds.ShowerData.concatenate(chunks).energy, data.energy)
+    part = ds.read(path, entry_start=5, entry_stop=9)
+    np.testing.assert_allclose(part.energy, data.energy[5:9])
+
+
+@pytest.mark.parametrize("suffix", [".root", ".h5"])
+def test_failed_write_leaves_nothing(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"s{suffix}"
+    with pytest.raises(RuntimeError, match="boom"), ds.ShowerWriter(path) as out:
+        out.write(_data(3))
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_file_needs_overwrite(tmp_path: Path) -> None:
+    path = ds.write(_data(2), tmp_path / "s.h5")
+    before = path.read_bytes()
+    with pytest.raises(FileExistsError, match="already exists .*overwrite"):
+        ds.write(_data(3), path)
+    assert path.read_bytes() == before
+    ds.write(_data(3), path, overwrite=True)
+    assert len(ds.read(path)) == 3
+
+
+def test_unwritable_destination(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="directory .*missing.* does not exist"):
+        ds.write(_data(2), tmp_path / "missing" / "s.h5")
+
+
+def test_unknown_extension(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown shower file type '.csv', expected .root, .h5 or .hdf5"):
+        ds.write(_data(2), tmp_path / "s.csv")
+
+
+def test_missing_hdf5_key_lists_keys(tmp_path: Path) -> None:
+    path = tmp_path / "bad.h5"
+    with h5py.File(path, "w") as f:
+        f["incident_energy"] = np.ones((2, 1))
+        f["showers"] = np.ones((2, 576))
+    with pytest.raises(KeyError, match="missing key\\(s\\) \\['incident_energies'.*did you mean \\['incident_energy'\\]"):
+        ds.read(path)
+
+
+def test_missing_root_branch_suggests(tmp_path: Path) -> None:
+    path = tmp_path / "bad.root"
+    with uproot.recreate(path) as f:
+        f["showers"] = {"incident_energi": np.ones(2), "image": np.ones((2, 576), dtype=np.float32)}
+    with pytest.raises(KeyError, match="missing branch\\(es\\).*did you mean \\['incident_energi'\\]"):
+        ds.read(path)
+    with uproot.recreate(path) as f:
+        f["shower"] = {"x": np.ones(2)}
+    with pytest.raises(KeyError, match="no TTree 'showers'; the file has \\['shower'\\]; did you mean"):
+        ds.read(path)
+
+
+def test_wrong_geometry(tmp_path: Path) -> None:
+    path = tmp_path / "g.h5"
+    small = ds.ShowerData.from_arrays(
+        energy=[1.0], eta=[0.0], phi=[0.0], pdgid=[22], impact_x=[0.0], impact_y=[0.0], images=np.ones((1, 10, 10))
+    )
+    from fastcalo.detector import Detector
+
+    ds.write(small, path, detector=Detector(n_cells=10))
+    with pytest.raises(ValueError, match="showers have 100 cells but the detector has 576 \\(24x24\\)"):
+        ds.read(path)
+    assert len(ds.read(path, detector=None)) == 1
+
+
+def test_declared_units_checked(tmp_path: Path) -> None:
+    path = tmp_path / "u.h5"
+    ds.write(_data(2), path)
+    with h5py.File(path, "a") as f:
+        f.attrs["units"] = json.dumps({"images": "GeV", "energy": "GeV"})
+    with pytest.raises(ValueError, match="HDF5 shower files hold MeV .* declares"):
+        ds.read(path)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"energy": [0.0, 1.0]}, "incident energies must be > 0 GeV"),
+        ({"images": np.full((2, 24, 24), np.nan)}, "1152 non-finite value\\(s\\) in 'images'"),
+        ({"pdgid": [22, 13]}, "unknown pdgid\\(s\\) \\[13\\]"),
+        ({"images": np.ones((2, 575))}, "575 cells are not square"),
+        ({"eta": [0.0]}, "column 'eta' has 1 entries but there are 2 images"),
+    ],
+)
+def test_bad_arrays(change: dict, message: str) -> None:
+    columns = {
+        "energy": [1.0, 2.0], "eta": [0.0, 0.0], "phi": [0.0, 0.0], "pdgid": [22, 22],
+        "impact_x": [0.0, 0.0], "impact_y": [0.0, 0.0], "images": np.ones((2, 24, 24)),
+    }  # fmt: skip
+    columns.update(change)
+    with pytest.raises(ValueError, match=message):
+        ds.ShowerData.from_arrays(**columns)
+
+
+def test_missing_column() -> None:
+    with pytest.raises(ValueError, match="missing \\['impact_y'\\]"):
+        ds.ShowerData.from_arrays(energy=[1.0], eta=[0], phi=[0], pdgid=[22], impact_x=[0], images=np.ones((1, 24, 24)))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no shower file at"):
+        ds.read(tmp_path / "nope.h5")
