@@ -1,0 +1,165 @@
+"""Shower observables: high-level features per shower, their histograms, and the energy response.
+
+Computing only: everything here returns numpy arrays, numbers and ``hist.Hist`` objects;
+drawing is in :mod:`fastcalo.validation.plots`.
+
+Example:
+    >>> import numpy as np
+    >>> from fastcalo import mc
+    >>> from fastcalo.validation import observables
+    >>> data = mc.simulate(np.full(20, 10.0), 0.0, "photon", seed=1).showers
+    >>> features = observables.features(data)
+    >>> 0.9 < float(np.mean(features["response"])) < 1.0
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import hist
+import numpy as np
+
+from ..datasets import ShowerData
+from ..detector import DEFAULT_DETECTOR, Detector
+
+__all__ = ("FEATURES", "ResponsePoint", "cell_spectrum", "energy_groups", "feature_histograms", "features", "response_table")
+
+#: High-level features: name -> (axis label, binning as (bins, low, high) or None for automatic).
+FEATURES: dict[str, tuple[str, tuple[int, float, float] | None]] = {
+    "response": ("$E_{dep} / E_{inc}$", None),
+    "n_cells": ("cells above threshold", None),
+    "centroid_x": ("centroid x [mm]", None),
+    "centroid_y": ("centroid y [mm]", None),
+    "width_x": ("width x [mm]", None),
+    "width_y": ("width y [mm]", None),
+    "containment_3x3": ("$E_{3x3} / E_{dep}$", (50, 0.5, 1.0)),
+    "containment_5x5": ("$E_{5x5} / E_{dep}$", (50, 0.7, 1.0)),
+    "containment_7x7": ("$E_{7x7} / E_{dep}$", (50, 0.8, 1.0)),
+    "brightest_fraction": ("$E_{max} / E_{dep}$", (50, 0.0, 1.0)),
+    "second_to_first": ("$E_{2nd} / E_{max}$", (50, 0.0, 1.0)),
+}
+
+
+def _window_sum(images: np.ndarray, centre: np.ndarray, half: int) -> np.ndarray:
+    """Sum of the (2 half + 1)^2 cells around each image's centre cell (clipped at the edges)."""
+    n = images.shape[1]
+    idx = np.arange(n)
+    rows = np.abs(idx[None, :] - centre[:, 0, None]) <= half
+    cols = np.abs(idx[None, :] - centre[:, 1, None]) <= half
+    return np.einsum("nij,ni,nj->n", images, rows.astype(images.dtype), cols.astype(images.dtype))
+
+
+def features(data: ShowerData, detector: Detector = DEFAULT_DETECTOR) -> dict[str, np.ndarray]:
+    """High-level features of every shower, each of shape (N,); see :data:`FEATURES`.
+
+    Centroid and width are energy-weighted in mm; containments are around the brightest cell.
+    Empty showers (no cell above threshold) get NaN for the ratios.
+    """
+    images = data.images.astype(np.float64)
+    n, side, _ = images.shape
+    centres = detector.cell_edges[:-1] + 0.5 * detector.cell_size
+    total = images.sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        px, py = images.sum(axis=2), images.sum(axis=1)
+        cx = px @ centres / total
+        cy = py @ centres / total
+        wx = np.sqrt(np.maximum(px @ centres**2 / total - cx**2, 0.0))
+        wy = np.sqrt(np.maximum(py @ centres**2 / total - cy**2, 0.0))
+        flat = images.reshape(n, -1)
+        order = np.argsort(flat, axis=1)
+        first = np.take_along_axis(flat, order[:, -1:], axis=1)[:, 0]
+        second = np.take_along_axis(flat, order[:, -2:-1], axis=1)[:, 0]
+        peak = np.column_stack(np.unravel_index(order[:, -1], (side, side)))
+        result = {
+            "response": total / data.energy,
+            "n_cells": np.count_nonzero(flat > 0, axis=1).astype(np.float64),
+            "centroid_x": cx,
+            "centroid_y": cy,
+            "width_x": wx,
+            "width_y": wy,
+            "containment_3x3": _window_sum(images, peak, 1) / total,
+            "containment_5x5": _window_sum(images, peak, 2) / total,
+            "containment_7x7": _window_sum(images, peak, 3) / total,
+            "brightest_fraction": first / total,
+            "second_to_first": second / first,
+        }
+    return result
+
+
+def _axis(name: str, values: list[np.ndarray]) -> hist.axis.Regular:
+    label, binning = FEATURES[name]
+    if binning is None:
+        finite = np.concatenate([v[np.isfinite(v)] for v in values])
+        if name == "n_cells":
+            high = float(finite.max()) + 1.0 if finite.size else 1.0
+            return hist.axis.Regular(int(min(high, 200)), 0.0, high, name=name, label=label)
+        low, high = (np.quantile(finite, [0.001, 0.999]) if finite.size else (0.0, 1.0))
+        pad = 0.05 * (high - low) if high > low else 0.5
+        binning = (50, float(low - pad), float(high + pad))
+    return hist.axis.Regular(*binning, name=name, label=label)
+
+
+def feature_histograms(*datasets: dict[str, np.ndarray]) -> list[dict[str, hist.Hist]]:
+    """Histogram the features of one or more datasets on common axes (one dict per dataset)."""
+    out: list[dict[str, hist.Hist]] = [{} for _ in datasets]
+    for name in FEATURES:
+        axis = _axis(name, [d[name] for d in datasets])
+        for target, feats in zip(out, datasets):
+            values = feats[name]
+            h = hist.Hist(axis, storage=hist.storage.Weight())
+            h.fill(values[np.isfinite(values)])
+            target[name] = h
+    return out
+
+
+def cell_spectrum(data: ShowerData, *, low: float = 1e-3, high: float = 200.0, bins: int = 60) -> hist.Hist:
+    """Spectrum of the energies of all non-empty cells, log-spaced bins in GeV."""
+    values = data.images[data.images > 0]
+    h = hist.Hist(hist.axis.Regular(bins, low, high, transform=hist.axis.transform.log, name="e_cell", label="cell energy [GeV]"),
+                  storage=hist.storage.Weight())  # fmt: skip
+    h.fill(values)
+    return h
+
+
+def energy_groups(energy: np.ndarray, *, max_points: int = 20, bins: int = 8) -> list[tuple[float, float]]:
+    """Ranges of incident energy to report on: each distinct energy if there are at most
+    ``max_points`` of them (fixed-energy samples), else ``bins`` log-spaced bins."""
+    distinct = np.unique(energy)
+    if distinct.size <= max_points:
+        return [(float(e), float(e)) for e in distinct]
+    edges = np.geomspace(energy.min(), energy.max() * (1 + 1e-9), bins + 1)
+    return [(float(a), float(b)) for a, b in zip(edges[:-1], edges[1:])]
+
+
+@dataclass(frozen=True)
+class ResponsePoint:
+    """Mean and resolution of E_dep / E_inc in one energy range, with statistical uncertainties."""
+
+    energy_low: float
+    energy_high: float
+    n: int
+    mean: float
+    mean_error: float
+    resolution: float  # sigma / mu
+    resolution_error: float
+
+
+def response_table(data: ShowerData, groups: list[tuple[float, float]] | None = None) -> list[ResponsePoint]:
+    """Energy response per energy point or bin (see :func:`energy_groups`)."""
+    response = data.images.sum(axis=(1, 2), dtype=np.float64) / data.energy
+    rows = []
+    for low, high in groups or energy_groups(data.energy):
+        selected = response[(data.energy >= low) & (data.energy <= high if low == high else data.energy < high)]
+        n = selected.size
+        if n < 2:
+            continue
+        mean, std = float(selected.mean()), float(selected.std(ddof=1))
+        resolution = std / mean
+        rows.append(
+            ResponsePoint(
+                energy_low=low, energy_high=high, n=n, mean=mean, mean_error=std / np.sqrt(n),
+                resolution=resolution, resolution_error=resolution / np.sqrt(2 * (n - 1)),
+            )  # fmt: skip
+        )
+    return rows
