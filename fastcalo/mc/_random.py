@@ -15,7 +15,7 @@ import math
 import numba as nb
 import numpy as np
 
-__all__ = ("new_state", "uniform", "normal", "poisson", "exponential")
+__all__ = ("exponential", "new_state", "normal", "normal_pair", "poisson", "uniform")
 
 _U64 = nb.uint64
 
@@ -72,6 +72,14 @@ def exponential(s: np.ndarray) -> float:
 def normal(s: np.ndarray) -> float:
     """Standard normal (Box-Muller; one value per call)."""
     return math.sqrt(-2.0 * math.log(uniform(s))) * math.cos(2.0 * math.pi * uniform(s))
+
+
+@nb.njit(cache=True)
+def normal_pair(s: np.ndarray) -> tuple[float, float]:
+    """Two independent standard normals (both Box-Muller outputs)."""
+    r = math.sqrt(-2.0 * math.log(uniform(s)))
+    phi = 2.0 * math.pi * uniform(s)
+    return r * math.cos(phi), r * math.sin(phi)
 
 
 @nb.njit(cache=True)

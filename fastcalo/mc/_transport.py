@@ -13,7 +13,7 @@ import numpy as np
 
 from ..detector import ELECTRON_MASS
 from ._physics import brems_shape, pair_shape
-from ._random import exponential, new_state, normal, poisson, uniform
+from ._random import exponential, new_state, normal, normal_pair, poisson, uniform
 
 __all__ = ("apply_response", "transport")
 
@@ -24,14 +24,19 @@ _M = ELECTRON_MASS
 
 
 @nb.njit(cache=True, inline="always")
-def _interp(table: np.ndarray, log_e0: float, dlog: float, energy: float) -> float:
+def _locate(log_e0: float, dlog: float, n: int, energy: float) -> tuple[int, float]:
+    """Grid index and fraction of ``energy`` in a table uniform in log(E), clamped to its ends."""
     pos = (math.log(energy) - log_e0) / dlog
+    if pos <= 0.0:
+        return 0, 0.0
     i = int(pos)
-    if i < 0:
-        return table[0]
-    if i >= table.size - 1:
-        return table[table.size - 1]
-    f = pos - i
+    if i >= n - 1:
+        return n - 2, 1.0
+    return i, pos - i
+
+
+@nb.njit(cache=True, inline="always")
+def _at(table: np.ndarray, i: int, f: float) -> float:
     return table[i] * (1.0 - f) + table[i + 1] * f
 
 
@@ -109,7 +114,8 @@ def _shower(
                 if e < gamma_cut:  # photo-absorption on the spot
                     leak += _deposit(e, x, y, z, geo, start, image, longitudinal, radial)
                     break
-                s = exponential(rng) / _interp(photon_rate, log_e0, dlog, e) * x0
+                i, f = _locate(log_e0, dlog, photon_rate.size, e)
+                s = exponential(rng) / _at(photon_rate, i, f) * x0
                 x += s * ux
                 y += s * uy
                 z += s * uz
@@ -117,8 +123,8 @@ def _shower(
                     leak += e
                     break
                 r = uniform(rng)
-                f_pair = _interp(pair_fraction, log_e0, dlog, e)
-                if r >= f_pair and r < f_pair + _interp(photo_fraction, log_e0, dlog, e):
+                f_pair = _at(pair_fraction, i, f)
+                if r >= f_pair and r < f_pair + _at(photo_fraction, i, f):
                     leak += _deposit(e, x, y, z, geo, start, image, longitudinal, radial)  # photo-absorption
                     break
                 frac = -1.0
@@ -185,10 +191,11 @@ def _shower(
             if e <= electron_cut:
                 leak += _deposit(e, x, y, z, geo, start, image, longitudinal, radial)
                 break
-            loss = _interp(dedx, log_e0, dlog, e)  # GeV per X0
+            i, f = _locate(log_e0, dlog, dedx.size, e)
+            loss = _at(dedx, i, f)  # GeV per X0
             p = math.sqrt(e * (e + 2.0 * _M))
             beta = p / (e + _M)
-            s_brem = exponential(rng) / _interp(brem_rate, log_e0, dlog, e)
+            s_brem = exponential(rng) / _at(brem_rate, i, f)
             # Highland: theta0 = 13.6 MeV / (beta p) sqrt(s) (1 + 0.038 ln(s / beta^2)), s in X0
             s_theta = (max_theta * beta * p / 0.0136) ** 2
             s = min(s_brem, max_loss * e / loss, max_step, s_theta)
@@ -210,7 +217,8 @@ def _shower(
             norm = math.sqrt(ax * ax + ay * ay + az * az)
             ax, ay, az = ax / norm, ay / norm, az / norm
             bx, by, bz = uy * az - uz * ay, uz * ax - ux * az, ux * ay - uy * ax
-            z1a, z2a, z1b, z2b = normal(rng), normal(rng), normal(rng), normal(rng)
+            z1a, z2a = normal_pair(rng)
+            z1b, z2b = normal_pair(rng)
             sl = s * x0
             da = sl * theta0 * (z1a / math.sqrt(12.0) + 0.5 * z2a)
             db = sl * theta0 * (z1b / math.sqrt(12.0) + 0.5 * z2b)
