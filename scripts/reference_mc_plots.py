@@ -148,6 +148,8 @@ def plot_longitudinal(samples: dict[tuple[str, float], mc.MCResult], out: Path) 
             ax.plot(t, gamma_profile(t, B_PDG * expected + 1.0, B_PDG), ls="--", lw=2, color=colour)
             ax.plot(t, gamma_profile(t, a, b) * mean.sum() / energy, ls=":", lw=2, color="k", alpha=0.6)
             rows.append(f"{energy:5.0f}  {t_max:5.2f}$\\pm${t_err:4.2f}  {expected:5.2f}")
+            contained = np.cumsum(mean) / energy  # fraction of E_inc deposited before depth t
+            t_95 = float(np.interp(0.95, contained, t_edges[1:])) if contained[-1] > 0.95 else float("nan")
             numbers[particle][f"{energy:g}GeV"] = {
                 "n": int(profiles.shape[0]),
                 "t_max_fit": _r(t_max, 4),
@@ -157,7 +159,11 @@ def plot_longitudinal(samples: dict[tuple[str, float], mc.MCResult], out: Path) 
                 "a_fit": _r(a, 4),
                 "b_fit": _r(b, 4),
                 "deposit_fraction": _r(mean.sum() / energy, 4),
+                "t_95_x0": _r(t_95, 4),
             }
+        log_e = np.log(PROFILE_ENERGIES)
+        fitted = [numbers[particle][f"{e:g}GeV"]["t_max_fit"] for e in PROFILE_ENERGIES]
+        numbers[particle]["t_max_slope_per_ln_E"] = _r(np.polyfit(log_e, fitted, 1)[0], 3)  # PDG: 1
         ax.plot([], [], ls="--", color="grey", lw=2, label=r"PDG, $b=0.5$, $t_{max}=\ln(E/E_c)+C_j$")
         ax.plot([], [], ls=":", color="k", lw=2, alpha=0.6, label="gamma-function fit to MC")
         ax.set_xlim(0, 25)
@@ -331,6 +337,7 @@ def plot_resolution(samples: dict[float, mc.MCResult], out: Path) -> dict[str, A
                            absolute_sigma=True, bounds=(0.0, np.inf))  # fmt: skip
     perr = np.sqrt(np.diag(pcov))
     chi2 = float((((res - _resolution_model(energies, *popt)) / res_err) ** 2).sum())
+    log.info("resolution fit: a %.4f b %.4f c %.4f GeV, chi2 %.1f / %d", *popt, chi2, energies.size - 3)
     a_pe = 1.0 / math.sqrt(pe_per_gev)
 
     fig, (ax, ax_resp) = plt.subplots(2, 1, figsize=(13, 14), sharex=True, height_ratios=(2, 1))
@@ -342,7 +349,7 @@ def plot_resolution(samples: dict[float, mc.MCResult], out: Path) -> dict[str, A
             label="deposit with photo-statistics only (no noise, no threshold)")  # fmt: skip
     fit_label = (
         rf"fit $\frac{{a}}{{\sqrt{{E}}}} \oplus b \oplus \frac{{c}}{{E}}$: a = {100 * popt[0]:.2f}%, "
-        rf"b = {100 * popt[1]:.2f}%, c = {1e3 * popt[2]:.0f} MeV"
+        rf"b = {100 * popt[1]:.2f}%, c = {1e3 * popt[2]:.0f} MeV, $\chi^2$/ndf = {chi2:.0f}/{energies.size - 3}"
     )
     ax.plot(grid, 100 * _resolution_model(grid, *popt), color=COLOURS[0], lw=2, label=fit_label)
     ax.plot(grid, 100 * a_pe / np.sqrt(grid), ls="--", color="0.4", lw=2,
@@ -390,21 +397,40 @@ def plot_resolution(samples: dict[float, mc.MCResult], out: Path) -> dict[str, A
 # --------------------------------------------------------------------------------------------
 
 
-def compare_cuts(nominal: mc.MCResult, halved: mc.MCResult) -> dict[str, Any]:
-    """chi2 of the mean true images (cells above 1e-3 of the peak), pulls and the total deposits."""
+def _image_pulls(a: np.ndarray, b: np.ndarray, used: np.ndarray) -> np.ndarray:
+    """Per-cell pulls of the mean images of two independent samples (NaN outside ``used``)."""
+    err2 = a.var(axis=0, ddof=1) / a.shape[0] + b.var(axis=0, ddof=1) / b.shape[0]
+    return np.where(used, (b.mean(axis=0) - a.mean(axis=0)) / np.sqrt(np.where(used, err2, 1.0)), np.nan)
+
+
+def compare_cuts(nominal: mc.MCResult, halved: mc.MCResult, permutations: int = 400) -> dict[str, Any]:
+    """chi2 of the mean true images (cells above 1e-3 of the peak), pulls and the total deposits.
+
+    The cells of one shower are correlated, so chi2 does not follow the chi2 distribution with
+    ndf degrees of freedom; its null distribution is also estimated by permuting the labels
+    nominal/halved over the pooled showers.
+    """
     a, b = nominal.true_images, halved.true_images
     mean_a, mean_b = a.mean(axis=0), b.mean(axis=0)
-    err2 = a.var(axis=0, ddof=1) / a.shape[0] + b.var(axis=0, ddof=1) / b.shape[0]
     used = mean_a > 1e-3 * mean_a.max()
-    pulls = np.where(used, (mean_b - mean_a) / np.sqrt(np.where(used, err2, 1.0)), np.nan)
+    pulls = _image_pulls(a, b, used)
     chi2 = float(np.nansum(pulls**2))
     ndf = int(used.sum())
+    pooled = np.concatenate([a[:, used], b[:, used]])[:, :, None]  # (N_a + N_b, ndf, 1)
+    rng = np.random.default_rng(20240601)
+    null_chi2, null_pull_mean = [], []
+    for _ in range(permutations):
+        order = rng.permutation(pooled.shape[0])
+        p = _image_pulls(pooled[order[: a.shape[0]]], pooled[order[a.shape[0] :]], np.ones((ndf, 1), dtype=bool))
+        null_chi2.append(float((p**2).sum()))
+        null_pull_mean.append(float(p.mean()))
     sum_a, sum_b = a.sum(axis=(1, 2)), b.sum(axis=(1, 2))
     diff = sum_b.mean() - sum_a.mean()
     diff_err = math.sqrt(sum_a.var(ddof=1) / sum_a.size + sum_b.var(ddof=1) / sum_b.size)
     return {
         "mean_a": mean_a, "mean_b": mean_b, "used": used, "pulls": pulls, "sum_a": sum_a, "sum_b": sum_b,
         "chi2": chi2, "ndf": ndf, "diff": diff, "diff_err": diff_err,
+        "null_chi2": np.array(null_chi2), "null_pull_mean": np.array(null_pull_mean),
     }  # fmt: skip
 
 
@@ -426,7 +452,11 @@ def plot_cuts(energy: float, nominal: mc.MCResult, halved: mc.MCResult, out: Pat
     axes[0, 0].set_title("ratio of the mean images", fontsize=22)
     mesh = axes[0, 1].pcolormesh(EDGES, EDGES, c["pulls"].T, cmap="RdBu_r", vmin=-4, vmax=4)
     fig.colorbar(mesh, ax=axes[0, 1], pad=0.02).set_label("per-cell pull (halved - nominal) / $\\sigma$")
-    axes[0, 1].set_title(rf"pulls: $\chi^2$/ndf = {c['chi2']:.0f}/{c['ndf']} = {c['chi2'] / c['ndf']:.2f}", fontsize=22)
+    p_perm = (1 + (c["null_chi2"] >= c["chi2"]).sum()) / (1 + c["null_chi2"].size)
+    axes[0, 1].set_title(
+        rf"$\chi^2$/ndf = {c['chi2']:.0f}/{c['ndf']} = {c['chi2'] / c['ndf']:.2f} (permutation p = {p_perm:.3f})",
+        fontsize=20,
+    )
     for ax in axes[0]:
         ax.set_aspect("equal")
         ax.set_xlabel(r"$x$ [mm]")
@@ -472,8 +502,13 @@ def plot_cuts(energy: float, nominal: mc.MCResult, halved: mc.MCResult, out: Pat
         "chi2": _r(c["chi2"], 4),
         "ndf": c["ndf"],
         "chi2_per_ndf": _r(c["chi2"] / c["ndf"], 3),
-        "p_value": _r(chi2_dist.sf(c["chi2"], c["ndf"]), 2),
+        "p_value_chi2_distribution": _r(chi2_dist.sf(c["chi2"], c["ndf"]), 2),
+        "permutations": int(c["null_chi2"].size),
+        "p_value_permutation": _r((1 + (c["null_chi2"] >= c["chi2"]).sum()) / (1 + c["null_chi2"].size), 2),
+        "permutation_chi2_per_ndf_mean": _r(c["null_chi2"].mean() / c["ndf"], 3),
+        "permutation_chi2_per_ndf_95pc": _r(np.quantile(c["null_chi2"], 0.95) / c["ndf"], 3),
         "pull_mean": _r(pulls.mean(), 2),
+        "permutation_pull_mean_rms": _r(c["null_pull_mean"].std(), 2),
         "pull_rms": _r(pulls.std(), 3),
         "mean_deposit_nominal_GeV": _r(c["sum_a"].mean(), 6),
         "mean_deposit_halved_GeV": _r(c["sum_b"].mean(), 6),
@@ -504,7 +539,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    log.setLevel(logging.INFO)  # this script's progress, without matplotlib's font messages
     out: Path = args.output
     out.mkdir(parents=True, exist_ok=True)
     mplhep.style.use("CMS")
