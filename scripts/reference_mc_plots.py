@@ -348,12 +348,12 @@ def plot_resolution(samples: dict[float, mc.MCResult], out: Path) -> dict[str, A
     ax.plot(energies, 100 * np.array(rows["res_pe"]), "D", ms=9, mfc="none", color=COLOURS[3],
             label="deposit with photo-statistics only (no noise, no threshold)")  # fmt: skip
     fit_label = (
-        rf"fit $\frac{{a}}{{\sqrt{{E}}}} \oplus b \oplus \frac{{c}}{{E}}$: a = {100 * popt[0]:.2f}%, "
+        rf"fit $a E^{{-1/2}} \oplus b \oplus c E^{{-1}}$: a = {100 * popt[0]:.2f}%, "
         rf"b = {100 * popt[1]:.2f}%, c = {1e3 * popt[2]:.0f} MeV, $\chi^2$/ndf = {chi2:.0f}/{energies.size - 3}"
     )
     ax.plot(grid, 100 * _resolution_model(grid, *popt), color=COLOURS[0], lw=2, label=fit_label)
     ax.plot(grid, 100 * a_pe / np.sqrt(grid), ls="--", color="0.4", lw=2,
-            label=rf"photo-statistics alone, $1/\sqrt{{N_{{pe}}}}$ = {100 * a_pe:.2f}%$/\sqrt{{E}}$")  # fmt: skip
+            label=rf"photo-statistics alone, $N_{{pe}}^{{-1/2}}$ = {100 * a_pe:.2f}% $E^{{-1/2}}$")  # fmt: skip
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_yticks([0.2, 0.3, 0.5, 1.0, 2.0, 3.0], ["0.2", "0.3", "0.5", "1", "2", "3"])

@@ -17,6 +17,7 @@ import mplhep  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from .observables import ResponsePoint  # noqa: E402
 
@@ -117,6 +118,10 @@ def draw_response(tables: Sequence[Sequence[ResponsePoint]], labels: Sequence[st
     low.set_xlabel("incident energy [GeV]")
     low.set_xscale("log")
     low.set_yscale("log")
+    for axis in (low.xaxis, low.yaxis):
+        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(FormatStrFormatter("%g"))
+        axis.set_minor_formatter(NullFormatter())
     top.legend(fontsize=11)
     fig.tight_layout()
     return fig
