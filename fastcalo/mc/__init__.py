@@ -29,7 +29,15 @@ from ..datasets import ShowerData, ShowerWriter
 from ..detector import DEFAULT_DETECTOR, ELECTRON_MASS, Detector, pdgid_of
 from ._physics import PhysicsTables, build_tables
 
-__all__ = ("MCConfig", "MCResult", "longitudinal_fit", "sample_conditions", "simulate", "simulate_to_file")
+__all__ = (
+    "MCConfig",
+    "MCResult",
+    "longitudinal_fit",
+    "sample_conditions",
+    "shower_maximum",
+    "simulate",
+    "simulate_to_file",
+)
 
 _KIND_OF_PDGID = {22: 0, 11: 1, -11: 2}
 
@@ -364,3 +372,28 @@ def longitudinal_fit(profile: np.ndarray, bin_width: float) -> tuple[float, floa
     coef, *_ = np.linalg.lstsq(design * weights[:, None], np.log(profile[keep]) * weights, rcond=None)
     a, b = coef[1] + 1.0, coef[2]
     return float(a), float(b), float((a - 1.0) / b)
+
+
+def shower_maximum(profile: np.ndarray, bin_width: float, *, window: float = 1.5) -> float:
+    """Depth of the maximum of a mean longitudinal profile, in radiation lengths.
+
+    The vertex of a parabola fitted to the bins within ``window`` X0 of the highest bin (the
+    highest bin is taken on the profile smoothed over five bins, so that a fluctuation does not
+    pick it). This measures the maximum itself, without assuming the gamma-function shape that
+    :func:`longitudinal_fit` imposes (which sits up to 10 % earlier at 1 GeV, where the profile is
+    not a gamma function).
+
+    Arguments:
+        profile: mean energy per depth bin, shape (n_bins,).
+        bin_width: bin width in radiation lengths.
+    """
+    profile = np.asarray(profile, dtype=np.float64)
+    t = (np.arange(profile.size) + 0.5) * bin_width
+    smooth = np.convolve(profile, np.ones(5) / 5.0, mode="same")
+    peak = t[int(np.argmax(smooth))]
+    near = np.abs(t - peak) <= window
+    c2, c1, _ = np.polyfit(t[near] - peak, profile[near], 2)
+    if c2 >= 0:
+        msg = "the profile has no maximum inside the window (is it empty or monotonic?)"
+        raise ValueError(msg)
+    return float(peak - c1 / (2.0 * c2))
