@@ -67,33 +67,51 @@ def _phi(delta: float) -> tuple[float, float]:
     return value, value
 
 
-@nb.njit(cache=True)
-def brems_shape(y: float, e_total: float, c136: float, cst: float, f0: float) -> float:
-    """Tsai's bremsstrahlung bracket over its complete-screening value (>= 0), y = k / E.
+#: Energy (GeV) above which the Coulomb correction f(Z) is applied, as in EGS4 (SLAC-265) and
+#: Geant4's Bethe-Heitler models: it is a high-energy correction and would wrongly suppress
+#: pair production and bremsstrahlung near threshold.
+COULOMB_CORRECTION_ABOVE = 0.05
 
-    The rate per X0 is brems_shape / k dk; it is 4/3 - 4/3 y + y^2 with complete screening.
-    ``c136`` = 136 m_e Z^(-1/3), ``cst`` = ln(Z)/3 + f(Z), ``f0`` = phi1(0)/4 - cst.
+
+@nb.njit(cache=True, inline="always")
+def _constant(energy: float, scr: np.ndarray) -> float:
+    return scr[1] + (scr[2] if energy > COULOMB_CORRECTION_ABOVE else 0.0)
+
+
+@nb.njit(cache=True)
+def brems_shape(y: float, e_total: float, scr: np.ndarray) -> float:
+    """Tsai's bremsstrahlung bracket over its complete-screening value (>= 0, < 1.5), y = k / E.
+
+    The rate per X0 is brems_shape / k dk; it is 4/3 - 4/3 y + y^2 with complete screening at
+    high energy. ``scr`` is :func:`screening_constants`.
     """
+    c136, f0 = scr[0], scr[3]
+    cst = _constant(e_total, scr)
     phi1, phi2 = _phi(c136 / e_total * y / (1.0 - y))
     value = (1.0 + (1.0 - y) ** 2) * (phi1 / 4.0 - cst) - 2.0 / 3.0 * (1.0 - y) * (phi2 / 4.0 - cst)
     return max(value / f0, 0.0)
 
 
 @nb.njit(cache=True)
-def pair_shape(x: float, k: float, c136: float, cst: float, f0: float) -> float:
+def pair_shape(x: float, k: float, scr: np.ndarray) -> float:
     """Tsai's pair-production bracket over its complete-screening value (>= 0, <= 1), x = E+ / k.
 
     The rate per X0 is pair_shape dx; it is 1 - 4/3 x (1 - x) with complete screening.
     """
+    c136, f0 = scr[0], scr[3]
+    cst = _constant(k, scr)
     phi1, phi2 = _phi(c136 / (k * x * (1.0 - x)))
     value = (x * x + (1.0 - x) ** 2) * (phi1 / 4.0 - cst) + 2.0 / 3.0 * x * (1.0 - x) * (phi2 / 4.0 - cst)
     return max(value / f0, 0.0)
 
 
 def screening_constants(z: float) -> np.ndarray:
-    """(136 m_e Z^(-1/3), ln(Z)/3 + f(Z), phi1(0)/4 - ln(Z)/3 - f(Z)) for the shape functions."""
-    cst = math.log(z) / 3.0 + coulomb_correction(z)
-    return np.array([136.0 * ELECTRON_MASS * z ** (-1.0 / 3.0), cst, 20.867 / 4.0 - cst])
+    """(136 m_e Z^(-1/3), ln(Z)/3, f(Z), phi1(0)/4 - ln(Z)/3 - f(Z)) for the shape functions.
+
+    The last is the normalisation: the complete-screening, Coulomb-corrected limit (1/X0).
+    """
+    fc = coulomb_correction(z)
+    return np.array([136.0 * ELECTRON_MASS * z ** (-1.0 / 3.0), math.log(z) / 3.0, fc, 20.867 / 4.0 - math.log(z) / 3.0 - fc])
 
 
 @nb.njit(cache=True)
@@ -113,18 +131,18 @@ def _integrate_tables(
             acc = 0.0
             for j in range(n_quad):
                 y = gamma_cut * math.exp((j + 0.5) / n_quad * width) / e_total
-                acc += brems_shape(y, e_total, scr[0], scr[1], scr[2])
+                acc += brems_shape(y, e_total, scr)
             brem[i] = acc / n_quad * width
         k_soft = min(gamma_cut, t)
         acc = 0.0
         for j in range(n_quad):
-            acc += brems_shape((j + 0.5) / n_quad * k_soft / e_total, e_total, scr[0], scr[1], scr[2])
+            acc += brems_shape((j + 0.5) / n_quad * k_soft / e_total, e_total, scr)
         soft[i] = acc / n_quad * k_soft
         if t > 2.0 * ELECTRON_MASS:  # here t is the photon energy
             x_lo = ELECTRON_MASS / t
             acc = 0.0
             for j in range(n_quad):
-                acc += pair_shape(x_lo + (j + 0.5) / n_quad * (1.0 - 2.0 * x_lo), t, scr[0], scr[1], scr[2])
+                acc += pair_shape(x_lo + (j + 0.5) / n_quad * (1.0 - 2.0 * x_lo), t, scr)
             pair[i] = acc / n_quad * (1.0 - 2.0 * x_lo)
     return brem, soft, pair
 

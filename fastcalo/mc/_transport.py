@@ -132,7 +132,7 @@ def _shower(
                     x_lo = _M / e
                     for _ in range(_MAX_TRIES):  # energy sharing, rejection on the screened Bethe-Heitler shape
                         trial = x_lo + uniform(rng) * (1.0 - 2.0 * x_lo)
-                        if uniform(rng) <= pair_shape(trial, e, scr[0], scr[1], scr[2]):
+                        if uniform(rng) <= pair_shape(trial, e, scr):
                             frac = trial
                             break
                 # frac < 0: no pair (the tabulated rate is interpolated across the threshold, where
@@ -196,7 +196,10 @@ def _shower(
             p = math.sqrt(e * (e + 2.0 * _M))
             beta = p / (e + _M)
             s_brem = exponential(rng) / _at(brem_rate, i, f)
-            # Highland: theta0 = 13.6 MeV / (beta p) sqrt(s) (1 + 0.038 ln(s / beta^2)), s in X0
+            # Highland: theta0 = 13.6 MeV / (beta p) sqrt(s) (1 + 0.038 ln(L / beta^2)), s in X0, with
+            # L the electron's residual range rather than the step: the formula is not additive in
+            # the variance, and evaluating its logarithm on the step would make the scattering
+            # (and the lateral shape) depend on the step size.
             s_theta = (max_theta * beta * p / 0.0136) ** 2
             s = min(s_brem, max_loss * e / loss, max_step, s_theta)
             brem = s == s_brem
@@ -208,7 +211,8 @@ def _shower(
             e_mid = e - 0.5 * d_e
             p_mid = math.sqrt(e_mid * (e_mid + 2.0 * _M))
             beta_mid = p_mid / (e_mid + _M)
-            theta0 = 0.0136 / (beta_mid * p_mid) * math.sqrt(s) * max(0.0, 1.0 + 0.038 * math.log(s / beta_mid**2))
+            residual = min(max(e / loss, 1e-3), 10.0)  # X0, continuous-slowing-down estimate
+            theta0 = 0.0136 / (beta_mid * p_mid) * math.sqrt(s) * max(0.0, 1.0 + 0.038 * math.log(residual / beta_mid**2))
             # multiple scattering in two projected planes with the correlated lateral shift (PDG eq. 34.20)
             if abs(uz) < 0.9:
                 ax, ay, az = -uy, ux, 0.0
@@ -251,7 +255,7 @@ def _shower(
                 log_range = math.log(e / gamma_cut)
                 for _ in range(_MAX_TRIES):  # photon energy: 1/k envelope, rejection on the screened shape (<= 1.5)
                     trial = gamma_cut * math.exp(uniform(rng) * log_range)
-                    if 1.5 * uniform(rng) <= brems_shape(trial / e_total, e_total, scr[0], scr[1], scr[2]):
+                    if 1.5 * uniform(rng) <= brems_shape(trial / e_total, e_total, scr):
                         k = trial
                         break
             if k > 0.0:  # (k == 0: the shape vanished over the whole range, as for pairs above)
