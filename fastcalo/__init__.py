@@ -8,4 +8,23 @@ from .detector import DEFAULT_DETECTOR, Detector
 
 __version__ = "0.1.0"
 
-__all__ = ("DEFAULT_DETECTOR", "Detector", "ShowerData", "__version__", "datasets", "detector", "mc")
+
+def __getattr__(name: str) -> object:
+    # fastcalo.validation pulls in hist and matplotlib: imported on first use only
+    if name == "validation":
+        import importlib
+
+        return importlib.import_module(".validation", __name__)
+    msg = f"module 'fastcalo' has no attribute {name!r}"
+    raise AttributeError(msg)
+
+__all__ = (
+    "DEFAULT_DETECTOR",
+    "Detector",
+    "ShowerData",
+    "__version__",
+    "datasets",
+    "detector",
+    "mc",
+    "validation",
+)

@@ -1,8 +1,8 @@
 """Draw the plots of docs/reference-mc.md: the reference Monte Carlo against PDG shower phenomenology.
 
 Every sample is simulated with the public API (``fastcalo.mc.simulate``) from a fixed seed, so the
-plots and ``numbers.json`` are reproducible. At ``--n-scale 1`` the whole run takes about three
-minutes on 2 CPU cores.
+plots and ``numbers.json`` are reproducible (all but the timings). At ``--n-scale 1`` the whole run
+takes 2.5 to 5 minutes on 2 CPU cores, depending on what else runs there.
 
 Usage:
     python scripts/reference_mc_plots.py [--n-scale 1] [--seed 1] [-o docs/img/reference-mc]
@@ -25,7 +25,7 @@ import math
 import sys
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,8 @@ N_PROFILE = {1.0: 4000, 10.0: 1000, 100.0: 250}
 N_IMAGE_ETA1 = {1.0: 2000, 10.0: 500, 100.0: 120}
 N_RESOLUTION = {2.0: 4000, 5.0: 3000, 10.0: 2000, 20.0: 1500, 50.0: 800, 100.0: 500}
 N_CUTS = {10.0: 2000, 50.0: 500}
+#: Step limits varied at 10 GeV (photons), against the nominal-cut sample of the same size.
+STEP_VARIANTS = {"max_loss_0.05": {"max_loss": 0.05}, "max_step_0.1": {"max_step": 0.1}}
 
 
 @dataclass
@@ -118,10 +120,24 @@ def gamma_profile(t: np.ndarray, a: float, b: float) -> np.ndarray:
 
 
 def t_max_with_error(profiles: np.ndarray, bin_x0: float, groups: int = 10) -> tuple[float, float, float, float]:
-    """(a, b, t_max) of the mean profile, and the statistical error of t_max from ``groups`` sub-samples."""
+    """(a, b, t_max) of the gamma-function fit to the mean profile, and the statistical error of
+    t_max from ``groups`` sub-samples."""
     a, b, t_max = mc.longitudinal_fit(profiles.mean(axis=0), bin_x0)
     parts = [mc.longitudinal_fit(p.mean(axis=0), bin_x0)[2] for p in np.array_split(profiles, groups)]
     return a, b, t_max, float(np.std(parts, ddof=1) / math.sqrt(groups))
+
+
+def peak_with_error(profiles: np.ndarray, bin_x0: float, groups: int = 10) -> tuple[float, float]:
+    """The maximum of the mean profile itself (``mc.shower_maximum``) and its error from sub-samples."""
+    peak = mc.shower_maximum(profiles.mean(axis=0), bin_x0)
+    parts = []
+    for part in np.array_split(profiles, groups):
+        try:
+            parts.append(mc.shower_maximum(part.mean(axis=0), bin_x0))
+        except ValueError:  # a sub-sample too noisy to show a maximum
+            continue
+    error = float(np.std(parts, ddof=1) / math.sqrt(len(parts))) if len(parts) > 2 else float("nan")
+    return peak, error
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,9 +146,11 @@ def t_max_with_error(profiles: np.ndarray, bin_x0: float, groups: int = 10) -> t
 
 
 def plot_longitudinal(samples: dict[tuple[str, float], mc.MCResult], out: Path) -> dict[str, Any]:
+    from scipy.stats import gamma as gamma_dist  # the [docs] extra
+
     bin_x0 = NOMINAL.longitudinal_bin / X0
     numbers: dict[str, Any] = {}
-    fig, axes = plt.subplots(1, 2, figsize=(22, 10), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(22, 11), sharey=True)
     for ax, particle in zip(axes, ("electron", "photon")):
         rows = []
         numbers[particle] = {}
@@ -143,11 +161,12 @@ def plot_longitudinal(samples: dict[tuple[str, float], mc.MCResult], out: Path) 
             t_edges = np.arange(mean.size + 1) * bin_x0
             ax.stairs(mean / (energy * bin_x0), t_edges, color=colour, lw=2.5, label=f"MC, {energy:g} GeV")
             a, b, t_max, t_err = t_max_with_error(profiles, bin_x0)
+            peak, peak_err = peak_with_error(profiles, bin_x0)
             expected = math.log(energy / EC) + C_J[particle]
             t = np.linspace(1e-3, 25.0, 500)
             ax.plot(t, gamma_profile(t, B_PDG * expected + 1.0, B_PDG), ls="--", lw=2, color=colour)
             ax.plot(t, gamma_profile(t, a, b) * mean.sum() / energy, ls=":", lw=2, color="k", alpha=0.6)
-            rows.append(f"{energy:5.0f}  {t_max:5.2f}$\\pm${t_err:4.2f}  {expected:5.2f}")
+            rows.append(f"{energy:5.0f} {t_max:6.2f}$\\pm${t_err:4.2f} {peak:6.2f}$\\pm${peak_err:4.2f} {expected:6.2f}")
             contained = np.cumsum(mean) / energy  # fraction of E_inc deposited before depth t
             t_95 = float(np.interp(0.95, contained, t_edges[1:])) if contained[-1] > 0.95 else float("nan")
             numbers[particle][f"{energy:g}GeV"] = {
@@ -156,28 +175,36 @@ def plot_longitudinal(samples: dict[tuple[str, float], mc.MCResult], out: Path) 
                 "t_max_stat_error": _r(t_err, 2),
                 "t_max_pdg": _r(expected, 4),
                 "relative_difference": _r(t_max / expected - 1.0, 3),
+                "t_max_peak": _r(peak, 4),
+                "t_max_peak_stat_error": _r(peak_err, 2),
+                "relative_difference_peak": _r(peak / expected - 1.0, 3),
                 "a_fit": _r(a, 4),
                 "b_fit": _r(b, 4),
                 "deposit_fraction": _r(mean.sum() / energy, 4),
                 "t_95_x0": _r(t_95, 4),
+                # 95 % depth of the PDG gamma-function profile, and PDG's t_max + 0.08 Z + 9.6 with Z_eff
+                "t_95_pdg_gamma_x0": _r(gamma_dist.ppf(0.95, B_PDG * expected + 1.0, scale=1.0 / B_PDG), 4),
+                "t_95_pdg_z_formula_x0": _r(expected + 0.08 * MATERIAL.effective_z + 9.6, 4),
             }
         log_e = np.log(PROFILE_ENERGIES)
         fitted = [numbers[particle][f"{e:g}GeV"]["t_max_fit"] for e in PROFILE_ENERGIES]
         numbers[particle]["t_max_slope_per_ln_E"] = _r(np.polyfit(log_e, fitted, 1)[0], 3)  # PDG: 1
+        peaks = [numbers[particle][f"{e:g}GeV"]["t_max_peak"] for e in PROFILE_ENERGIES]
+        numbers[particle]["t_max_peak_slope_per_ln_E"] = _r(np.polyfit(log_e, peaks, 1)[0], 3)
         ax.plot([], [], ls="--", color="grey", lw=2, label=r"PDG, $b=0.5$, $t_{max}=\ln(E/E_c)+C_j$")
         ax.plot([], [], ls=":", color="k", lw=2, alpha=0.6, label="gamma-function fit to MC")
         ax.set_xlim(0, 25)
         ax.set_xlabel(r"depth along the shower axis $t$ [$X_0$]")
         ax.legend(loc="upper right", fontsize=17)
-        header = r"E [GeV]  $t_{max}$ fit    PDG"
+        header = r"E [GeV] $t_{max}$: $\Gamma$ fit    peak       PDG"
         ax.text(
-            0.97, 0.52, "\n".join([header, *rows]), transform=ax.transAxes, ha="right", va="top",
+            0.97, 0.64, "\n".join([header, *rows]), transform=ax.transAxes, ha="right", va="top",
             fontsize=17, family="monospace", bbox={"fc": "white", "ec": "0.6"},
         )  # fmt: skip
         ax.set_title(f"{SYMBOL[particle]}, $\\eta=0$, $C_j={C_J[particle]:+.1f}$", fontsize=22, loc="right", y=1.0)
         _label(ax)
     axes[0].set_ylabel(r"$(1/E)\,dE/dt$ [$X_0^{-1}$]")
-    axes[0].set_ylim(0, None)
+    axes[0].set_ylim(0, 0.21)  # room for the legend and the table above the curves
     fig.tight_layout()
     fig.savefig(out / "longitudinal_profiles.png", dpi=80)
     plt.close(fig)
@@ -331,6 +358,8 @@ def plot_resolution(samples: dict[float, mc.MCResult], out: Path) -> dict[str, A
             "deposit_over_incident": _r(true.mean() / energy, 5),
             "leakage_over_incident": _r(result.leakage.mean() / energy, 3),
             "cells_above_threshold": _r((result.showers.images > 0).sum(axis=(1, 2)).mean(), 4),
+            # what noise and zero suppression add in quadrature, as an energy: E sqrt(res^2 - res_pe^2)
+            "noise_and_threshold_term_GeV": _r(energy * math.sqrt(max(res**2 - res_pe**2, 0.0)), 3),
         }
     res, res_err = np.array(rows["res"]), np.array(rows["res_err"])
     popt, pcov = curve_fit(_resolution_model, energies, res, p0=(0.03, 0.003, 0.01), sigma=res_err,
@@ -447,7 +476,7 @@ def plot_cuts(energy: float, nominal: mc.MCResult, halved: mc.MCResult, out: Pat
     )
     fig, axes = plt.subplots(2, 2, figsize=(22, 19))
     ratio = np.where(c["used"], c["mean_b"] / np.where(c["used"], c["mean_a"], 1.0), np.nan)
-    mesh = axes[0, 0].pcolormesh(EDGES, EDGES, ratio.T, cmap="RdBu_r", norm=TwoSlopeNorm(1.0, 0.8, 1.2))
+    mesh = axes[0, 0].pcolormesh(EDGES, EDGES, ratio.T, cmap="RdBu_r", norm=TwoSlopeNorm(1.0, 0.9, 1.1))
     fig.colorbar(mesh, ax=axes[0, 0], pad=0.02).set_label("mean image ratio halved / nominal")
     axes[0, 0].set_title("ratio of the mean images", fontsize=22)
     mesh = axes[0, 1].pcolormesh(EDGES, EDGES, c["pulls"].T, cmap="RdBu_r", vmin=-4, vmax=4)
@@ -524,6 +553,28 @@ def plot_cuts(energy: float, nominal: mc.MCResult, halved: mc.MCResult, out: Pat
 # --------------------------------------------------------------------------------------------
 
 
+def core_numbers(result: mc.MCResult, energy: float) -> dict[str, float]:
+    """Fraction of E_inc in the cell of the impact point, of the deposit within 1 R_M, the deposited
+    fraction and the shower maximum, with statistical errors."""
+    n = DEFAULT_DETECTOR.n_cells // 2
+    central = result.true_images[:, n, n] / energy
+    deposit = result.true_images.sum(axis=(1, 2))
+    edges = np.arange(NOMINAL.n_radial + 1) * NOMINAL.radial_bin
+    cumulative = np.concatenate([np.zeros((deposit.size, 1)), np.cumsum(result.radial, axis=1)], axis=1)
+    within = np.array([np.interp(RM, edges, row) for row in cumulative])
+    peak, peak_error = peak_with_error(result.longitudinal, NOMINAL.longitudinal_bin / X0)
+    return {
+        "central_cell_fraction": _r(central.mean(), 5),
+        "central_cell_fraction_error": _r(central.std(ddof=1) / math.sqrt(central.size), 2),
+        "within_1_RM": _r(within.mean() / deposit.mean(), 5),
+        "within_1_RM_error": _r((within / deposit).std(ddof=1) / math.sqrt(deposit.size), 2),
+        "deposit_fraction": _r(deposit.mean() / energy, 5),
+        "deposit_fraction_error": _r(deposit.std(ddof=1) / math.sqrt(deposit.size) / energy, 2),
+        "t_max_peak": _r(peak, 4),
+        "t_max_peak_error": _r(peak_error, 2),
+    }
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n-scale", type=float, default=1.0, help="scale every sample size (default 1)")
@@ -568,13 +619,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         for e in CUT_ENERGIES
     }
+    step_samples = {
+        name: run(f"photon_10GeV_eta0_{name}", 10.0, N_CUTS[10.0], "photon", config=replace(NOMINAL, **change))
+        for name, change in STEP_VARIANTS.items()
+    }
     containment_samples = {
         **{f"electron_{e:g}GeV": resolution_samples[e] for e in CUT_ENERGIES},
         **{f"photon_{e:g}GeV": cut_samples[e][0] for e in CUT_ENERGIES},
     }
 
     numbers: dict[str, Any] = {
-        "command": "python scripts/reference_mc_plots.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": " ".join(["python scripts/reference_mc_plots.py", *(sys.argv[1:] if argv is None else argv)]),
         "n_scale": args.n_scale,
         "seed": args.seed,
         "detector": {
@@ -593,6 +648,11 @@ def main(argv: list[str] | None = None) -> int:
     numbers["resolution"] = plot_resolution(resolution_samples, out)
     numbers["cut_independence"] = {
         f"photon_{e:g}GeV": plot_cuts(e, *cut_samples[e], out) for e in CUT_ENERGIES
+    }
+    numbers["step_limits_photon_10GeV"] = {
+        "nominal": core_numbers(cut_samples[10.0][0], 10.0),
+        "halved_cuts": core_numbers(cut_samples[10.0][1], 10.0),
+        **{name: core_numbers(result, 10.0) for name, result in step_samples.items()},
     }
     numbers["timing_ms_per_shower"] = {key: _r(value, 3) for key, value in timing.items()}
     numbers["wall_time_s"] = _r(time.perf_counter() - start, 3)
