@@ -91,9 +91,11 @@ def _axis(name: str, values: list[np.ndarray]) -> hist.axis.Regular:
     label, binning = FEATURES[name]
     if binning is None:
         finite = np.concatenate([v[np.isfinite(v)] for v in values])
-        if name == "n_cells":
-            high = float(finite.max()) + 1.0 if finite.size else 1.0
-            return hist.axis.Regular(int(min(high, 200)), 0.0, high, name=name, label=label)
+        if name == "n_cells":  # integer counts: bins of a whole number of cells, at most 100
+            top = int(finite.max()) + 1 if finite.size else 1
+            width = -(-top // 100)
+            bins = -(-top // width)
+            return hist.axis.Regular(bins, -0.5, bins * width - 0.5, name=name, label=label)
         low, high = (np.quantile(finite, [0.001, 0.999]) if finite.size else (0.0, 1.0))
         pad = 0.05 * (high - low) if high > low else 0.5
         binning = (50, float(low - pad), float(high + pad))
