@@ -111,3 +111,27 @@ def test_validate_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert info.value.code == 2
     assert "no shower file at" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_wasserstein_1_against_scipy_and_by_hand() -> None:
+    from scipy.stats import wasserstein_distance
+
+    from fastcalo.validation import wasserstein_1
+
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(0, 1, 1000), rng.exponential(1.0, 700)
+    assert wasserstein_1(a, b) == pytest.approx(wasserstein_distance(a, b), rel=1e-12)
+    assert wasserstein_1(a, a + 0.25) == pytest.approx(0.25, rel=1e-12)  # a shift moves every quantile
+    assert wasserstein_1(np.array([1.0, np.nan]), np.array([1.0])) == 0.0
+    with pytest.raises(ValueError, match="two non-empty samples, got 0 and 1"):
+        wasserstein_1(np.array([np.nan]), np.array([1.0]))
+
+
+def test_wasserstein_sees_the_energy_scale(samples) -> None:
+    ref, other = samples
+    scaled = dataclasses.replace(other, images=other.images * np.float32(1.03))
+    same = compare(ref, other).wasserstein["response"]
+    shifted = compare(ref, scaled).wasserstein["response"]
+    # the response is ~0.97: a 3 % scale moves it by ~0.029
+    assert shifted == pytest.approx(0.03 * 0.97, abs=0.005)
+    assert same < 0.005

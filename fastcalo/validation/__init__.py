@@ -5,7 +5,8 @@ This package compares shower datasets whatever produced them and never imports m
 
 from __future__ import annotations
 
-from . import observables
-from .report import Report, compare, separation_power
+from . import metrics, observables
+from .metrics import separation_power, wasserstein_1
+from .report import Report, compare
 
-__all__ = ("Report", "compare", "observables", "separation_power")
+__all__ = ("Report", "compare", "metrics", "observables", "separation_power", "wasserstein_1")

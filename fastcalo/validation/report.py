@@ -31,23 +31,9 @@ import numpy as np
 from ..datasets import ShowerData
 from ..detector import DEFAULT_DETECTOR, Detector
 from . import observables as obs
+from .metrics import separation_power, wasserstein_1
 
-__all__ = ("Report", "compare", "separation_power")
-
-
-def separation_power(a: hist.Hist, b: hist.Hist) -> float:
-    """0.5 * sum((p - q)^2 / (p + q)) of two histograms normalised to unit sum (0: identical, 1: disjoint).
-
-    References:
-        CaloChallenge evaluation, arXiv:2410.21611.
-    """
-    p, q = a.values(flow=False), b.values(flow=False)
-    if p.sum() <= 0 or q.sum() <= 0:
-        msg = "separation power needs two non-empty histograms"
-        raise ValueError(msg)
-    p, q = p / p.sum(), q / q.sum()
-    s = p + q
-    return float(0.5 * np.sum(np.divide((p - q) ** 2, s, out=np.zeros_like(s), where=s > 0)))
+__all__ = ("Report", "compare")
 
 
 @dataclass
@@ -60,6 +46,7 @@ class Report:
     mean_images: list[np.ndarray]
     response: list[list[obs.ResponsePoint]]
     separation_power: dict[str, float] = field(default_factory=dict)
+    wasserstein: dict[str, float] = field(default_factory=dict)
     detector: Detector = DEFAULT_DETECTOR
 
     def metrics(self) -> dict[str, object]:
@@ -69,6 +56,7 @@ class Report:
             "n_showers": [int(h["response"].sum(flow=True).value) for h in self.histograms],
             "response": {label: [asdict(r) for r in rows] for label, rows in zip(self.labels, self.response)},
             "separation_power": self.separation_power,
+            "wasserstein_1": self.wasserstein,
         }
 
     def write(self, directory: str | os.PathLike[str], *, overwrite: bool = True) -> Path:
@@ -117,7 +105,10 @@ class Report:
                     f"<tr><td>{html.escape(label)}</td><td>{energy}</td><td>{r.n}</td>"
                     f"<td>{r.mean:.4f} ± {r.mean_error:.4f}</td><td>{r.resolution:.4f} ± {r.resolution_error:.4f}</td></tr>"
                 )
-        sep = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>" for k, v in self.separation_power.items())
+        sep = "".join(
+            f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td><td>{self.wasserstein.get(k, float('nan')):.4g}</td></tr>"
+            for k, v in self.separation_power.items()
+        )
         images = "".join(
             f'<figure><img src="{name}" width="480"><figcaption>{html.escape(caption)}</figcaption></figure>'
             for name, caption in figures
@@ -129,7 +120,12 @@ class Report:
             f"<h1>fastcalo validation: {' vs '.join(html.escape(x) for x in self.labels)}</h1>"
             "<h2>Energy response</h2><table><tr><th>sample</th><th>E [GeV]</th><th>N</th>"
             "<th>mean E<sub>dep</sub>/E<sub>inc</sub></th><th>σ/μ</th></tr>" + "".join(rows) + "</table>"
-            + (f"<h2>Separation power</h2><table>{sep}</table>" if sep else "")
+            + (
+                "<h2>Distances</h2><table><tr><th>observable</th><th>separation power</th>"
+                f"<th>Wasserstein-1 (units of the observable)</th></tr>{sep}</table>"
+                if sep
+                else ""
+            )
             + f"<h2>Plots</h2>{images}</body></html>"
         )
 
@@ -164,4 +160,5 @@ def compare(
     if generated is not None:
         report.separation_power = {name: separation_power(histograms[0][name], histograms[1][name]) for name in obs.FEATURES}
         report.separation_power["cell_spectrum"] = separation_power(report.cell_spectra[0], report.cell_spectra[1])
+        report.wasserstein = {name: wasserstein_1(feats[0][name], feats[1][name]) for name in obs.FEATURES}
     return report
