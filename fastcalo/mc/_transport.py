@@ -92,8 +92,8 @@ def _shower(
     kind0: int, e0: float, start: np.ndarray, geo: np.ndarray, cuts: np.ndarray, tab_e: np.ndarray,
     brem_rate: np.ndarray, dedx: np.ndarray, photon_rate: np.ndarray, pair_fraction: np.ndarray,
     photo_fraction: np.ndarray, scr: np.ndarray, rng: np.ndarray, image: np.ndarray, longitudinal: np.ndarray, radial: np.ndarray,
-) -> tuple[float, int]:
-    """Transport one incident particle; return (leaked energy, largest stack depth)."""
+) -> float:
+    """Transport one incident particle; return the energy that left the block."""
     x0 = geo[0]
     gamma_cut, electron_cut, max_step, max_loss, max_theta = cuts[0], cuts[1], cuts[2], cuts[3], cuts[4]
     log_e0, dlog = tab_e[0], tab_e[1]
@@ -103,7 +103,6 @@ def _shower(
     stack[0, 0] = e0
     stack[0, 1:] = start
     n = 1
-    depth = 1
     leak = 0.0
     while n > 0:
         n -= 1
@@ -149,7 +148,6 @@ def _shower(
                         stack[n, 1], stack[n, 2], stack[n, 3] = x, y, z
                         stack[n, 4], stack[n, 5], stack[n, 6] = vx, vy, vz
                         n += 1
-                    depth = max(depth, n)
                     break
                 # Compton scattering: Klein-Nishina by Butcher and Messel's sampling
                 kappa = e / _M
@@ -179,7 +177,6 @@ def _shower(
                     stack[n, 1], stack[n, 2], stack[n, 3] = x, y, z
                     stack[n, 4], stack[n, 5], stack[n, 6] = px / p, py / p, pz / p
                     n += 1
-                    depth = max(depth, n)
                 else:
                     leak += _deposit(t_e, x, y, z, geo, start, image, longitudinal, radial)
                 e *= eps
@@ -267,7 +264,6 @@ def _shower(
                 stack[n, 1], stack[n, 2], stack[n, 3] = x, y, z
                 stack[n, 4], stack[n, 5], stack[n, 6] = vx, vy, vz
                 n += 1
-                depth = max(depth, n)
                 e -= k
         if kind == POSITRON:  # annihilation at rest: two back-to-back photons of m_e
             if n + 2 > _STACK:
@@ -280,8 +276,7 @@ def _shower(
                 stack[n, 1], stack[n, 2], stack[n, 3] = x, y, z
                 stack[n, 4], stack[n, 5], stack[n, 6] = sign * vx, sign * vy, sign * vz
                 n += 1
-            depth = max(depth, n)
-    return leak, depth
+    return leak
 
 
 @nb.njit(cache=True, parallel=True)
@@ -298,11 +293,10 @@ def transport(
     """
     for i in nb.prange(kinds.size):
         rng = new_state(seed, first_index + nb.uint64(i), nb.uint64(0))
-        leak, _ = _shower(
+        leakage[i] = _shower(
             kinds[i], energies[i], starts[i], geo, cuts, tab_e, brem_rate, dedx, photon_rate,
             pair_fraction, photo_fraction, scr, rng, images[i], longitudinal[i], radial[i],
         )
-        leakage[i] = leak
 
 
 @nb.njit(cache=True, parallel=True)
