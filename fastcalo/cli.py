@@ -134,7 +134,8 @@ def _validate(args: argparse.Namespace) -> int:
 
     reference = datasets.read(args.reference, entry_stop=args.max_showers)
     generated = None if args.generated is None else datasets.read(args.generated, entry_stop=args.max_showers)
-    report = compare(reference, generated, labels=(args.reference.name, args.generated.name if args.generated else ""))
+    labels = (args.reference.name, args.generated.name if args.generated else "")
+    report = compare(reference, generated, labels=labels, classifier=not args.no_classifier)
     path = report.write(args.output)
     log.info("wrote the report to %s (open %s)", path, path / "index.html")
     return 0
@@ -150,6 +151,7 @@ def _validate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--generated", type=Path, help="showers to compare with the reference (.root or .h5)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="report directory (replaced)")
     parser.add_argument("--max-showers", type=int, default=None, help="read at most this many showers per file")
+    parser.add_argument("--no-classifier", action="store_true", help="skip the classifier AUC (the slowest step)")
     parser.set_defaults(func=_validate)
     return parser
 

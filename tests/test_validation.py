@@ -97,12 +97,19 @@ def test_report_files_and_cli(tmp_path: Path, samples) -> None:
     assert metrics["labels"] == ["ref.h5", "gen.root"]
     assert metrics["n_showers"] == [300, 300]
     assert set(metrics["separation_power"]) >= set(observables.FEATURES)
+    assert set(metrics["classifier_auc"]) == {"low", "high"}
+    for auc in metrics["classifier_auc"].values():
+        assert 0.3 < auc["auc"] < 0.7 and len(auc["aucs"]) == 3  # 300 vs 300 MC showers
     for name in ["response_vs_energy.png", "mean_image.png", "cell_spectrum.png", "feature_width_x.png", "index.html"]:
         assert (out / name).stat().st_size > 1000
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     # a single dataset: plots without comparison
     assert validate_main(["--reference", str(tmp_path / "ref.h5"), "-o", str(tmp_path / "alone")]) == 0
-    assert json.loads((tmp_path / "alone" / "metrics.json").read_text())["separation_power"] == {}
+    alone = json.loads((tmp_path / "alone" / "metrics.json").read_text())
+    assert alone["separation_power"] == {} and alone["classifier_auc"] == {}
+    args = ["--reference", str(tmp_path / "ref.h5"), "--generated", str(tmp_path / "gen.root"), "-o", str(tmp_path / "fast")]
+    assert validate_main([*args, "--no-classifier"]) == 0
+    assert json.loads((tmp_path / "fast" / "metrics.json").read_text())["classifier_auc"] == {}
 
 
 def test_validate_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

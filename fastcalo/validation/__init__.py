@@ -5,8 +5,18 @@ This package compares shower datasets whatever produced them and never imports m
 
 from __future__ import annotations
 
-from . import metrics, observables
+from . import classifier, metrics, observables
+from .classifier import classifier_auc
 from .metrics import separation_power, wasserstein_1
 from .report import Report, compare
 
-__all__ = ("Report", "compare", "metrics", "observables", "separation_power", "wasserstein_1")
+__all__ = (
+    "Report",
+    "classifier",
+    "classifier_auc",
+    "compare",
+    "metrics",
+    "observables",
+    "separation_power",
+    "wasserstein_1",
+)

@@ -31,6 +31,7 @@ import numpy as np
 from ..datasets import ShowerData
 from ..detector import DEFAULT_DETECTOR, Detector
 from . import observables as obs
+from .classifier import ClassifierResult, classifier_auc
 from .metrics import separation_power, wasserstein_1
 
 __all__ = ("Report", "compare")
@@ -47,6 +48,7 @@ class Report:
     response: list[list[obs.ResponsePoint]]
     separation_power: dict[str, float] = field(default_factory=dict)
     wasserstein: dict[str, float] = field(default_factory=dict)
+    classifier: list[ClassifierResult] = field(default_factory=list)
     detector: Detector = DEFAULT_DETECTOR
 
     def metrics(self) -> dict[str, object]:
@@ -57,6 +59,10 @@ class Report:
             "response": {label: [asdict(r) for r in rows] for label, rows in zip(self.labels, self.response)},
             "separation_power": self.separation_power,
             "wasserstein_1": self.wasserstein,
+            "classifier_auc": {
+                r.inputs: {"auc": r.auc, "auc_std": r.auc_std, "aucs": list(r.aucs), "n": [r.n_reference, r.n_generated]}
+                for r in self.classifier
+            },
         }
 
     def write(self, directory: str | os.PathLike[str], *, overwrite: bool = True) -> Path:
@@ -109,6 +115,10 @@ class Report:
             f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td><td>{self.wasserstein.get(k, float('nan')):.4g}</td></tr>"
             for k, v in self.separation_power.items()
         )
+        auc = "".join(
+            f"<tr><td>{html.escape(r.inputs)}-level</td><td>{r.auc:.3f} ± {r.auc_std:.3f}</td><td>{len(r.aucs)}</td></tr>"
+            for r in self.classifier
+        )
         images = "".join(
             f'<figure><img src="{name}" width="480"><figcaption>{html.escape(caption)}</figcaption></figure>'
             for name, caption in figures
@@ -126,6 +136,12 @@ class Report:
                 if sep
                 else ""
             )
+            + (
+                "<h2>Classifier AUC (0.5: indistinguishable)</h2><table><tr><th>inputs</th><th>AUC</th>"
+                f"<th>seeds</th></tr>{auc}</table>"
+                if auc
+                else ""
+            )
             + f"<h2>Plots</h2>{images}</body></html>"
         )
 
@@ -136,8 +152,13 @@ def compare(
     *,
     labels: tuple[str, str] = ("reference", "generated"),
     detector: Detector = DEFAULT_DETECTOR,
+    classifier: bool = True,
 ) -> Report:
-    """Compute the validation of ``reference`` alone, or of ``generated`` against it."""
+    """Compute the validation of ``reference`` alone, or of ``generated`` against it.
+
+    With two samples and ``classifier``, also train the low- and high-level classifiers
+    (:func:`fastcalo.validation.classifier.classifier_auc`, three seeds each).
+    """
     samples = [reference] if generated is None else [reference, generated]
     for sample, label in zip(samples, labels):
         if len(sample) == 0:
@@ -161,4 +182,6 @@ def compare(
         report.separation_power = {name: separation_power(histograms[0][name], histograms[1][name]) for name in obs.FEATURES}
         report.separation_power["cell_spectrum"] = separation_power(report.cell_spectra[0], report.cell_spectra[1])
         report.wasserstein = {name: wasserstein_1(feats[0][name], feats[1][name]) for name in obs.FEATURES}
+        if classifier:
+            report.classifier = [classifier_auc(reference, generated, inputs=i, detector=detector) for i in ("low", "high")]
     return report
