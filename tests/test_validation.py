@@ -98,6 +98,7 @@ def test_report_files_and_cli(tmp_path: Path, samples) -> None:
     assert metrics["n_showers"] == [300, 300]
     assert set(metrics["separation_power"]) >= set(observables.FEATURES)
     assert set(metrics["classifier_auc"]) == {"low", "high"}
+    assert set(metrics["physics_distances"]) == {"fpd", "kpd"}
     for auc in metrics["classifier_auc"].values():
         assert 0.3 < auc["auc"] < 0.7 and len(auc["aucs"]) == 3  # 300 vs 300 MC showers
     for name in ["response_vs_energy.png", "mean_image.png", "cell_spectrum.png", "feature_width_x.png", "index.html"]:
@@ -142,3 +143,44 @@ def test_wasserstein_sees_the_energy_scale(samples) -> None:
     # the response is ~0.97: a 3 % scale moves it by ~0.029
     assert shifted == pytest.approx(0.03 * 0.97, abs=0.005)
     assert same < 0.005
+
+
+def test_fpd_kpd_tell_a_shifted_sample() -> None:
+    from fastcalo.validation import fpd, kpd
+
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(3000, 4)), rng.normal(size=(3000, 4))
+    value, error = fpd(x, y)
+    assert abs(value) < 0.02 and error < 0.02
+    assert abs(kpd(x, y)[0]) < 0.01
+    shifted = y + np.array([0.3, 0, 0, 0])  # a 0.3 sigma shift of one feature: FD = (mean difference)^2
+    expected = (shifted[:, 0].mean() - x[:, 0].mean()) ** 2  # 0.3 shift plus this sample's fluctuation
+    assert fpd(x, shifted)[0] == pytest.approx(expected, abs=0.02)  # the 1/N extrapolation moves it by ~0.01
+    assert kpd(x, shifted)[0] > 0.02
+    with pytest.raises(ValueError, match="at least 100 showers per sample, got 50"):
+        fpd(x[:50], y)
+
+
+def test_report_physics_distances(samples) -> None:
+    ref, other = samples
+    scaled = dataclasses.replace(other, images=other.images * np.float32(1.03))
+    same = compare(ref, other, classifier=False).physics_distances
+    shifted = compare(ref, scaled, classifier=False).physics_distances
+    assert shifted["fpd"][0] > 0.5 > abs(same["fpd"][0]) + 3 * same["fpd"][1]
+    assert shifted["kpd"][0] > 0.2 > same["kpd"][0]
+
+
+def test_frechet_distance_matches_the_matrix_root_formula() -> None:
+    from scipy.linalg import sqrtm
+
+    from fastcalo.validation.metrics import frechet_distance
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 5))
+    y = rng.normal(size=(400, 5)) @ rng.normal(size=(5, 5)) + 1.0
+    cx, cy = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    diff = x.mean(0) - y.mean(0)
+    expected = diff @ diff + np.trace(cx + cy - 2 * np.real(sqrtm(cx @ cy)))
+    assert frechet_distance(x, y) == pytest.approx(expected, rel=1e-9)
+    constant = np.column_stack([x, np.ones(len(x))])  # a constant feature (one energy point) is fine
+    assert frechet_distance(constant, constant) == pytest.approx(0.0, abs=1e-9)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from . import classifier, metrics, observables
 from .classifier import classifier_auc
-from .metrics import separation_power, wasserstein_1
+from .metrics import fpd, kpd, separation_power, wasserstein_1
 from .report import Report, compare
 
 __all__ = (
@@ -15,6 +15,8 @@ __all__ = (
     "classifier",
     "classifier_auc",
     "compare",
+    "fpd",
+    "kpd",
     "metrics",
     "observables",
     "separation_power",

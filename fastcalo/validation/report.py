@@ -32,7 +32,7 @@ from ..datasets import ShowerData
 from ..detector import DEFAULT_DETECTOR, Detector
 from . import observables as obs
 from .classifier import ClassifierResult, classifier_auc
-from .metrics import separation_power, wasserstein_1
+from .metrics import fpd, kpd, separation_power, wasserstein_1
 
 __all__ = ("Report", "compare")
 
@@ -49,6 +49,7 @@ class Report:
     separation_power: dict[str, float] = field(default_factory=dict)
     wasserstein: dict[str, float] = field(default_factory=dict)
     classifier: list[ClassifierResult] = field(default_factory=list)
+    physics_distances: dict[str, tuple[float, float]] = field(default_factory=dict)
     detector: Detector = DEFAULT_DETECTOR
 
     def metrics(self) -> dict[str, object]:
@@ -59,6 +60,7 @@ class Report:
             "response": {label: [asdict(r) for r in rows] for label, rows in zip(self.labels, self.response)},
             "separation_power": self.separation_power,
             "wasserstein_1": self.wasserstein,
+            "physics_distances": {k: {"value": v, "error": e} for k, (v, e) in self.physics_distances.items()},
             "classifier_auc": {
                 r.inputs: {"auc": r.auc, "auc_std": r.auc_std, "aucs": list(r.aucs), "n": [r.n_reference, r.n_generated]}
                 for r in self.classifier
@@ -116,6 +118,9 @@ class Report:
             for k, v in self.separation_power.items()
         )
         auc = "".join(
+            f"<tr><td>{k.upper()} (high-level features)</td><td>{v:.4g} ± {e:.2g}</td><td></td></tr>"
+            for k, (v, e) in self.physics_distances.items()
+        ) + "".join(
             f"<tr><td>{html.escape(r.inputs)}-level</td><td>{r.auc:.3f} ± {r.auc_std:.3f}</td><td>{len(r.aucs)}</td></tr>"
             for r in self.classifier
         )
@@ -137,7 +142,7 @@ class Report:
                 else ""
             )
             + (
-                "<h2>Classifier AUC (0.5: indistinguishable)</h2><table><tr><th>inputs</th><th>AUC</th>"
+                "<h2>FPD, KPD (0: ideal) and classifier AUC (0.5: indistinguishable)</h2><table><tr><th>metric</th><th>value</th>"
                 f"<th>seeds</th></tr>{auc}</table>"
                 if auc
                 else ""
@@ -182,6 +187,8 @@ def compare(
         report.separation_power = {name: separation_power(histograms[0][name], histograms[1][name]) for name in obs.FEATURES}
         report.separation_power["cell_spectrum"] = separation_power(report.cell_spectra[0], report.cell_spectra[1])
         report.wasserstein = {name: wasserstein_1(feats[0][name], feats[1][name]) for name in obs.FEATURES}
+        matrices = [np.column_stack([f[name] for name in obs.FEATURES] + [np.log10(s.energy)]) for f, s in zip(feats, samples)]
+        report.physics_distances = {"fpd": fpd(*matrices), "kpd": kpd(*matrices)}
         if classifier:
             report.classifier = [classifier_auc(reference, generated, inputs=i, detector=detector) for i in ("low", "high")]
     return report
