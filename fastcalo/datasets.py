@@ -44,6 +44,7 @@ __all__ = (
     "ShowerWriter",
     "atomic_path",
     "iterate",
+    "metadata",
     "read",
     "write",
 )
@@ -421,6 +422,41 @@ def iterate(
                     **{c: arrays[_ROOT_NAMES.get(c, c)] for c in CONDITION_COLUMNS},
                     images=arrays["image"],
                 )
+
+
+def metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata a shower file carries (format, units, detector, generator, ...); {} if none.
+
+    Example:
+        >>> import numpy as np, fastcalo.datasets as ds
+        >>> data = ds.ShowerData.from_arrays(energy=[1.0], eta=[0.0], phi=[0.0], pdgid=[22],
+        ...                                  impact_x=[5.0], impact_y=[5.0], images=np.zeros((1, 24, 24)))
+        >>> import tempfile, pathlib; d = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = ds.write(data, d / "one.h5", metadata={"seed": 7})
+        >>> ds.metadata(d / "one.h5")["seed"], ds.metadata(d / "one.h5")["units"]["images"]
+        (7, 'MeV')
+    """
+    path = Path(path)
+    if not path.is_file():
+        msg = f"no shower file at {path}"
+        raise FileNotFoundError(msg)
+    if _kind(path) == "hdf5":
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            out: dict[str, Any] = {}
+            for key, value in f.attrs.items():
+                text = value.decode() if isinstance(value, bytes) else value
+                if isinstance(text, str) and text[:1] in "{[":
+                    text = json.loads(text)
+                elif hasattr(text, "item"):
+                    text = text.item()
+                out[key] = text
+            return out
+    import uproot
+
+    with uproot.open(path) as f:
+        return dict(json.loads(str(f[_META]))) if _META in f else {}
 
 
 def read(path: str | os.PathLike[str], *, detector: Detector | None = DEFAULT_DETECTOR, **kwargs: Any) -> ShowerData:
