@@ -129,14 +129,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from . import datasets
-    from .validation import compare
+    from .validation import Thresholds, compare
 
-    reference = datasets.read(args.reference, entry_stop=args.max_showers)
-    generated = None if args.generated is None else datasets.read(args.generated, entry_stop=args.max_showers)
-    labels = (args.reference.name, args.generated.name if args.generated else "")
-    report = compare(reference, generated, labels=labels, classifier=not args.no_classifier)
-    path = report.write(args.output)
+    thresholds = Thresholds.from_toml(args.thresholds) if args.thresholds else Thresholds()
+    report = compare(
+        args.reference,
+        args.generated,
+        classifier=not args.no_classifier,
+        thresholds=thresholds,
+        max_showers=args.max_showers,
+        progress=not args.no_progress,
+    )
+    path = report.write(args.output, progress=not args.no_progress)
+    checks = report.summary()
+    if checks:
+        failed = [c.name for c in checks if not c.passed]
+        log.info("%d of %d checks pass%s", len(checks) - len(failed), len(checks), f"; failed: {', '.join(failed)}" if failed else "")
     log.info("wrote the report to %s (open %s)", path, path / "index.html")
     return 0
 
@@ -152,6 +160,10 @@ def _validate_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", type=Path, required=True, help="report directory (replaced)")
     parser.add_argument("--max-showers", type=int, default=None, help="read at most this many showers per file")
     parser.add_argument("--no-classifier", action="store_true", help="skip the classifier AUC (the slowest step)")
+    parser.add_argument(
+        "--thresholds", type=Path, default=None, help="TOML file overriding pass/fail thresholds (docs/validation.md)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=_validate)
     return parser
 

@@ -10,7 +10,12 @@ import pytest
 from fastcalo import datasets as ds
 from fastcalo import mc
 from fastcalo.cli import validate_main
-from fastcalo.validation import compare, observables, separation_power
+from fastcalo.validation import Thresholds, compare, observables, separation_power
+
+
+def fast_compare(*args, **kwargs):
+    """compare() without the classifier (tested on its own) and without progress bars."""
+    return compare(*args, classifier=False, progress=False, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +59,7 @@ def test_separation_power_limits() -> None:
 
 
 def test_mc_against_itself_is_close(samples) -> None:
-    report = compare(*samples)
+    report = fast_compare(*samples)
     # statistical floor for 300 vs 300 showers in 50 bins: about 0.5 * bins / N ~ 0.08
     assert max(report.separation_power.values()) < 0.15
     for r_ref, r_gen in zip(*report.response):
@@ -64,10 +69,10 @@ def test_mc_against_itself_is_close(samples) -> None:
 def test_energy_scale_shift_is_flagged(samples) -> None:
     ref, other = samples
     scaled = dataclasses.replace(other, images=other.images * np.float32(1.03))
-    same = compare(ref, other).separation_power["response"]
-    shifted = compare(ref, scaled).separation_power["response"]
+    same = fast_compare(ref, other).separation_power["response"]
+    shifted = fast_compare(ref, scaled).separation_power["response"]
     assert shifted > 3 * same and shifted > 0.1
-    rows = compare(ref, scaled).response
+    rows = fast_compare(ref, scaled).response
     for r_ref, r_gen in zip(*rows):
         assert r_gen.mean / r_ref.mean == pytest.approx(1.03, abs=0.01)
 
@@ -80,19 +85,20 @@ def test_broadened_shower_is_flagged(samples) -> None:
     for axis in (1, 2):
         for shift in (-1, 1):
             blurred = blurred + 0.125 * np.roll(img, shift, axis=axis)
-    same = compare(ref, other).separation_power
-    report = compare(ref, dataclasses.replace(other, images=blurred.astype(np.float32)))
+    same = fast_compare(ref, other).separation_power
+    report = fast_compare(ref, dataclasses.replace(other, images=blurred.astype(np.float32)))
     # width_x is diluted by the spread of eta (the x elongation), so width_y is the sharp probe
     for name in ("width_y", "brightest_fraction", "n_cells", "cell_spectrum"):
         assert report.separation_power[name] > max(0.25, 3 * same[name])
 
 
-def test_report_files_and_cli(tmp_path: Path, samples) -> None:
+def test_report_files_and_cli(tmp_path: Path, samples, capsys: pytest.CaptureFixture[str]) -> None:
     ref, other = samples
     ds.write(ref, tmp_path / "ref.h5")
     ds.write(other, tmp_path / "gen.root")
     out = tmp_path / "report"
     assert validate_main(["--reference", str(tmp_path / "ref.h5"), "--generated", str(tmp_path / "gen.root"), "-o", str(out)]) == 0
+    assert "classifier (low-level)" in capsys.readouterr().err  # progress bars by default
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["labels"] == ["ref.h5", "gen.root"]
     assert metrics["n_showers"] == [300, 300]
@@ -109,8 +115,21 @@ def test_report_files_and_cli(tmp_path: Path, samples) -> None:
     alone = json.loads((tmp_path / "alone" / "metrics.json").read_text())
     assert alone["separation_power"] == {} and alone["classifier_auc"] == {}
     args = ["--reference", str(tmp_path / "ref.h5"), "--generated", str(tmp_path / "gen.root"), "-o", str(tmp_path / "fast")]
-    assert validate_main([*args, "--no-classifier"]) == 0
+    capsys.readouterr()
+    assert validate_main([*args, "--no-classifier", "--no-progress"]) == 0
     assert json.loads((tmp_path / "fast" / "metrics.json").read_text())["classifier_auc"] == {}
+    assert "%|" not in capsys.readouterr().err  # no bars
+    # thresholds from a TOML file reach metrics.json and the verdicts
+    (tmp_path / "strict.toml").write_text("fpd_max = -1.0\nn_sigma = 0\n")
+    assert validate_main([*args, "--no-classifier", "--no-progress", "--thresholds", str(tmp_path / "strict.toml")]) == 0
+    strict = json.loads((tmp_path / "fast" / "metrics.json").read_text())
+    assert strict["thresholds"]["fpd_max"] == -1.0 and strict["thresholds"]["auc_low_max"] == 0.6
+    assert [c["passed"] for c in strict["summary"] if c["name"] == "fpd"] == [False]
+    (tmp_path / "bad.toml").write_text("fdp_max = 0.1\n")
+    with pytest.raises(SystemExit) as info:
+        validate_main([*args, "--thresholds", str(tmp_path / "bad.toml")])
+    assert info.value.code == 2
+    assert "bad.toml: unknown key(s) ['fdp_max'] (did you mean 'fpd_max'?); valid keys are" in capsys.readouterr().err
 
 
 def test_validate_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -138,8 +157,8 @@ def test_wasserstein_1_against_scipy_and_by_hand() -> None:
 def test_wasserstein_sees_the_energy_scale(samples) -> None:
     ref, other = samples
     scaled = dataclasses.replace(other, images=other.images * np.float32(1.03))
-    same = compare(ref, other).wasserstein["response"]
-    shifted = compare(ref, scaled).wasserstein["response"]
+    same = fast_compare(ref, other).wasserstein["response"]
+    shifted = fast_compare(ref, scaled).wasserstein["response"]
     # the response is ~0.97: a 3 % scale moves it by ~0.029
     assert shifted == pytest.approx(0.03 * 0.97, abs=0.005)
     assert same < 0.005
@@ -164,8 +183,8 @@ def test_fpd_kpd_tell_a_shifted_sample() -> None:
 def test_report_physics_distances(samples) -> None:
     ref, other = samples
     scaled = dataclasses.replace(other, images=other.images * np.float32(1.03))
-    same = compare(ref, other, classifier=False).physics_distances
-    shifted = compare(ref, scaled, classifier=False).physics_distances
+    same = fast_compare(ref, other).physics_distances
+    shifted = fast_compare(ref, scaled).physics_distances
     assert shifted["fpd"][0] > 0.5 > abs(same["fpd"][0]) + 3 * same["fpd"][1]
     assert shifted["kpd"][0] > 0.2 > same["kpd"][0]
 
@@ -184,3 +203,136 @@ def test_frechet_distance_matches_the_matrix_root_formula() -> None:
     assert frechet_distance(x, y) == pytest.approx(expected, rel=1e-9)
     constant = np.column_stack([x, np.ones(len(x))])  # a constant feature (one energy point) is fine
     assert frechet_distance(constant, constant) == pytest.approx(0.0, abs=1e-9)
+
+
+def _brute_force_prdc(x: np.ndarray, y: np.ndarray, k: int) -> dict[str, float]:
+    """The four definitions written out with full distance matrices (arXiv:2002.09797, eqs. 1-4)."""
+    from scipy.spatial.distance import cdist
+
+    r = np.sort(cdist(x, x), axis=1)[:, k]  # column 0 is the point itself
+    s = np.sort(cdist(y, y), axis=1)[:, k]
+    d = cdist(x, y)  # (N real, M fake)
+    return {
+        "precision": float(np.mean((d <= r[:, None]).any(axis=0))),
+        "recall": float(np.mean((d <= s[None, :]).any(axis=1))),
+        "density": float((d <= r[:, None]).sum() / (k * len(y))),
+        "coverage": float(np.mean(d.min(axis=1) <= r)),
+    }
+
+
+def test_diversity_matches_the_definitions() -> None:
+    from fastcalo.validation import diversity
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(400, 4)) * [1.0, 2.0, 0.5, 3.0] + 1.0
+    y = rng.normal(size=(300, 4)) * [1.2, 2.0, 0.4, 3.0] + 1.3
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    expected = _brute_force_prdc((x - mean) / std, (y - mean) / std, k=3)
+    assert diversity(x, y, k=3) == pytest.approx(expected, abs=1e-12)
+    # the cap subsamples each side with a fixed seed: reproducible, and close to the full value
+    capped = diversity(x, y, k=3, max_samples=200)
+    assert capped == diversity(x, y, k=3, max_samples=200)
+    assert capped["coverage"] == pytest.approx(expected["coverage"], abs=0.15)
+    with pytest.raises(ValueError, match="more than 5 showers per sample, got 400 and 5"):
+        diversity(x, y[:5])
+    with pytest.raises(ValueError, match="the same d"):
+        diversity(x, y[:, :3])
+
+
+def test_diversity_sees_mode_collapse(samples) -> None:
+    ref, other = samples
+    # a collapsed generator: the right conditions, but one shower per energy point, repeated
+    first = {e: np.flatnonzero(other.energy == e)[0] for e in np.unique(other.energy)}
+    collapsed = dataclasses.replace(other, images=other.images[[first[e] for e in other.energy]])
+    good, bad = fast_compare(ref, other).diversity, fast_compare(ref, collapsed).diversity
+    # independent MC: density ~ 1, coverage ~ 1 - 2^-5 = 0.97, precision and recall high
+    assert good["density"] == pytest.approx(1.0, abs=0.2)
+    assert good["coverage"] > 0.85 and good["precision"] > 0.8 and good["recall"] > 0.8
+    assert bad["recall"] < 0.05 and bad["coverage"] < 0.1  # only reference showers next to the two repeated ones
+    # all showers from one of the two energies: half of the reference is never produced
+    feats = [observables.features(s) for s in (ref, other)]
+    matrices = [np.column_stack([f[n] for n in observables.FEATURES] + [np.log10(s.energy)]) for f, s in zip(feats, (ref, other))]
+    from fastcalo.validation import diversity
+
+    one_energy = diversity(matrices[0], matrices[1][other.energy == 2.0])
+    assert one_energy["coverage"] < 0.6 and one_energy["recall"] < 0.6
+
+
+def test_per_energy_metrics(samples) -> None:
+    ref, other = samples
+    scaled = dataclasses.replace(other, images=other.images * np.float32(1.03))
+    same, shifted = fast_compare(ref, other), fast_compare(ref, scaled)
+    assert [(p.energy_low, p.n_reference, p.n_generated) for p in same.per_energy] == [(2.0, 150, 150), (20.0, 150, 150)]
+    for p_same, p_shift in zip(same.per_energy, shifted.per_energy):
+        assert set(p_same.separation_power) == set(p_same.wasserstein) == set(observables.FEATURES)
+        # the resolution at each point is ~1-3 %: a 3 % scale separates the response histograms
+        assert p_shift.separation_power["response"] > max(0.3, 3 * p_same.separation_power["response"])
+        assert p_shift.wasserstein["response"] == pytest.approx(0.03 * 0.97, abs=0.005)
+        assert p_shift.separation_power["width_y"] == p_same.separation_power["width_y"]  # shapes untouched
+
+
+def test_summary_verdicts_and_report(tmp_path: Path, samples) -> None:
+    ref, other = samples
+    scaled = dataclasses.replace(other, images=other.images * np.float32(1.03))
+    loose = Thresholds(separation_power_max=0.2, wasserstein_max=0.3)  # 300 showers: larger statistical floors
+    same = {c.name: c for c in fast_compare(ref, other, thresholds=loose).summary()}
+    shifted_report = fast_compare(ref, scaled, thresholds=loose)
+    shifted = {c.name: c for c in shifted_report.summary()}
+    names = ["fpd", "kpd", "precision", "recall", "density", "coverage", "separation_power", "wasserstein", "response_mean", "resolution"]
+    assert list(same) == list(shifted) == names
+    assert all(c.passed for c in same.values()), [c for c in same.values() if not c.passed]
+    for name in ("fpd", "kpd", "separation_power", "wasserstein", "response_mean"):
+        assert not shifted[name].passed, shifted[name]
+    assert shifted["separation_power"].detail == "response"
+    assert shifted["response_mean"].value == pytest.approx(0.03, abs=0.005)
+    assert shifted["resolution"].passed  # a scale keeps sigma / mu
+    # the report: metrics.json records thresholds and verdicts, index.html opens with the summary
+    out = shifted_report.write(tmp_path / "report")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["thresholds"] == dataclasses.asdict(loose)
+    assert metrics["failed"] == sum(not c.passed for c in shifted.values()) and metrics["passed"] + metrics["failed"] == 10
+    assert [c["name"] for c in metrics["summary"]] == names
+    assert metrics["summary"][names.index("response_mean")]["passed"] is False
+    assert set(metrics["diversity"]) == {"precision", "recall", "density", "coverage"}
+    assert [p["energy_low"] for p in metrics["per_energy"]] == [2.0, 20.0]
+    page = (out / "index.html").read_text()
+    assert page.index("Summary: ") < page.index("Energy response") < page.index("Per energy point")
+    assert page.count("class='fail'>FAIL") == metrics["failed"] and page.count("class='pass'>PASS") == metrics["passed"]
+
+
+def test_check_verdict_with_errors() -> None:
+    from fastcalo.validation import Check
+
+    assert Check("a", "", 0.62, high=0.6).passed is False
+    assert Check("a", "", 0.62, high=0.6, error=0.02, n_sigma=2).passed  # within 2 errors of the bound
+    assert Check("a", "", 0.7, high=0.6, error=0.02, n_sigma=2).passed is False
+    assert Check("d", "", 1.3, low=0.8, high=1.2).passed is False and Check("d", "", 0.9, low=0.8, high=1.2).passed
+    assert Check("a", "", float("nan"), high=1.0).passed is False
+    assert Check("d", "", 1.0, low=0.8, high=1.2).bound == "0.8 – 1.2"
+
+
+def test_thresholds_from_toml(tmp_path: Path) -> None:
+    path = tmp_path / "t.toml"
+    path.write_text("auc_low_max = 0.55\ncoverage_min = 0.8\n")
+    t = Thresholds.from_toml(path)
+    assert (t.auc_low_max, t.coverage_min, t.auc_high_max) == (0.55, 0.8, Thresholds().auc_high_max)
+    path.write_text("auc_low = 0.55\n")
+    with pytest.raises(ValueError, match=r"t.toml: unknown key\(s\) \['auc_low'\] \(did you mean 'auc_low_max'\?\); valid keys are \['auc_low_max', "):
+        Thresholds.from_toml(path)
+    path.write_text('fpd_max = "small"\n')
+    with pytest.raises(ValueError, match="t.toml: fpd_max must be a finite number, got 'small'"):
+        Thresholds.from_toml(path)
+    path.write_text("fpd_max = \n")
+    with pytest.raises(ValueError, match="t.toml: not valid TOML"):
+        Thresholds.from_toml(path)
+
+
+def test_progress_bars(samples, capsys: pytest.CaptureFixture[str]) -> None:
+    from fastcalo.validation import classifier_auc
+
+    ref, other = samples
+    classifier_auc(ref, other, inputs="high", hidden=(8,), progress=True)
+    assert "classifier (high-level)" in capsys.readouterr().err
+    classifier_auc(ref, other, inputs="high", hidden=(8,))
+    fast_compare(ref, other)
+    assert capsys.readouterr().err == ""

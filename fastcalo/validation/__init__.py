@@ -7,14 +7,19 @@ from __future__ import annotations
 
 from . import classifier, metrics, observables
 from .classifier import classifier_auc
-from .metrics import fpd, kpd, separation_power, wasserstein_1
-from .report import Report, compare
+from .metrics import diversity, fpd, kpd, separation_power, wasserstein_1
+from .report import EnergyPointMetrics, Report, compare
+from .thresholds import Check, Thresholds
 
 __all__ = (
+    "Check",
+    "EnergyPointMetrics",
     "Report",
+    "Thresholds",
     "classifier",
     "classifier_auc",
     "compare",
+    "diversity",
     "fpd",
     "kpd",
     "metrics",

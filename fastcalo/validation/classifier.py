@@ -67,6 +67,7 @@ def classifier_auc(
     hidden: tuple[int, ...] = (256, 256),
     max_showers: int | None = 50_000,
     detector: Detector = DEFAULT_DETECTOR,
+    progress: bool = False,
 ) -> ClassifierResult:
     """AUC of an MLP separating ``reference`` from ``generated`` (held-out, calibrated), per seed.
 
@@ -75,6 +76,7 @@ def classifier_auc(
         inputs: "low" (cells / E_inc, log10 E_inc) or "high" (high-level features, log10 E_inc).
         seeds: one training per seed (split, initialisation and shuffling).
         hidden: sizes of the hidden layers.
+        progress: a progress bar over the seeds.
 
     Example:
         >>> import numpy as np
@@ -89,6 +91,7 @@ def classifier_auc(
     from sklearn.isotonic import IsotonicRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.neural_network import MLPClassifier
+    from tqdm.auto import tqdm
 
     samples = [reference, generated] if max_showers is None else [reference[:max_showers], generated[:max_showers]]
     for sample, label in zip(samples, ("reference", "generated")):
@@ -98,7 +101,7 @@ def classifier_auc(
     x = np.vstack([classifier_inputs(s, inputs, detector) for s in samples])
     y = np.concatenate([np.zeros(len(samples[0])), np.ones(len(samples[1]))])
     aucs = []
-    for seed in seeds:
+    for seed in tqdm(seeds, desc=f"classifier ({inputs}-level)", unit="seed", disable=not progress):
         order = np.random.default_rng(seed).permutation(len(y))
         n_train, n_val = int(0.6 * len(y)), int(0.2 * len(y))
         train, val, test = order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]

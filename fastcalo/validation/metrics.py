@@ -2,7 +2,8 @@
 
 References:
     CaloChallenge evaluation, arXiv:2410.21611 (separation power);
-    R. Kansal et al., arXiv:2211.10295 (Wasserstein-1 distances of high-level features).
+    R. Kansal et al., arXiv:2211.10295 (Wasserstein-1 distances of high-level features, FPD, KPD);
+    T. Kynkäänniemi et al., arXiv:1904.06991 and M. F. Naeem et al., arXiv:2002.09797 (diversity).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import hist
 import numpy as np
 
-__all__ = ("fpd", "frechet_distance", "kpd", "separation_power", "wasserstein_1")
+__all__ = ("diversity", "fpd", "frechet_distance", "kpd", "separation_power", "wasserstein_1")
 
 
 def separation_power(a: hist.Hist, b: hist.Hist) -> float:
@@ -122,3 +123,93 @@ def kpd(reference: np.ndarray, generated: np.ndarray, *, batch_size: int = 1000,
         values.append((kxx.sum() - np.trace(kxx)) / off + (kyy.sum() - np.trace(kyy)) / off - 2 * kxy.mean())
     q1, median, q3 = np.percentile(values, [25, 50, 75])
     return float(median), float((q3 - q1) / 2)
+
+
+def _knn_radii(x: np.ndarray, k: int) -> np.ndarray:
+    """Distance from every row of ``x`` to its k-th nearest neighbour among the other rows."""
+    from sklearn.neighbors import NearestNeighbors
+
+    distances, _ = NearestNeighbors(n_neighbors=k + 1).fit(x).kneighbors(x)
+    return distances[:, k]  # column 0 is the point itself
+
+
+def _within_radii(points: np.ndarray, centres: np.ndarray, radii: np.ndarray, *, chunk: int = 1000) -> np.ndarray:
+    """For each row of ``points``, how many ``centres`` c have |point - c| <= radius(c); memory O(chunk x len(centres))."""
+    counts = np.empty(len(points), dtype=np.int64)
+    centre_norms = np.einsum("ij,ij->i", centres, centres)
+    radii2 = radii**2
+    for start in range(0, len(points), chunk):
+        block = points[start : start + chunk]
+        d2 = np.einsum("ij,ij->i", block, block)[:, None] + centre_norms[None, :] - 2.0 * block @ centres.T
+        counts[start : start + chunk] = np.count_nonzero(d2 <= radii2[None, :] + 1e-9, axis=1)
+    return counts
+
+
+def diversity(
+    reference: np.ndarray, generated: np.ndarray, *, k: int = 5, max_samples: int | None = 10_000, seed: int = 0
+) -> dict[str, float]:
+    """Precision, recall, density and coverage of ``generated`` with respect to ``reference``.
+
+    Both (N, d) feature matrices are standardised by the reference's mean and spread. Around every
+    reference point is a ball reaching its k-th nearest reference neighbour (its radius r_i); likewise
+    for the generated points (radius s_j). Then, with N reference and M generated points,
+
+    - precision = (1/M) sum_j [Y_j inside some reference ball] (generated showers look real);
+    - recall    = (1/N) sum_i [X_i inside some generated ball] (real showers are produced);
+    - density   = (1/(k M)) sum_j #(reference balls containing Y_j) (about 1 for identical samples);
+    - coverage  = (1/N) sum_i [the nearest generated point to X_i is inside X_i's ball]
+      (about 1 - 2^-k for identical samples of equal size; a collapsed generator covers few balls).
+
+    Each sample is cut to ``max_samples`` random rows (fixed ``seed``) to bound the cost, which is
+    O(N M d).
+
+    Arguments:
+        reference, generated: feature matrices (N, d) and (M, d); non-finite entries count as the
+            reference mean.
+        k: the neighbour that sets the ball radii (5 in both papers).
+        max_samples: at most this many rows of each sample (None: all).
+        seed: seed of the subsampling.
+
+    Returns:
+        ``{"precision", "recall", "density", "coverage"}`` as floats.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> real = rng.normal(size=(2000, 3))
+        >>> same = diversity(real, rng.normal(size=(2000, 3)))
+        >>> collapsed = diversity(real, np.repeat(real[:4], 500, axis=0))
+        >>> same["coverage"] > 0.9 and collapsed["coverage"] < 0.05
+        True
+
+    References:
+        T. Kynkäänniemi et al., arXiv:1904.06991 (precision and recall);
+        M. F. Naeem et al., arXiv:2002.09797 (density and coverage).
+    """
+    x, y = np.asarray(reference, float), np.asarray(generated, float)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+        msg = f"diversity needs two (N, d) matrices with the same d, got shapes {x.shape} and {y.shape}"
+        raise ValueError(msg)
+    x, y = _standardise(x, y)
+    if k < 1:
+        msg = f"k must be >= 1, got {k}"
+        raise ValueError(msg)
+    if min(len(x), len(y)) <= k:
+        msg = f"diversity with k = {k} needs more than {k} showers per sample, got {len(x)} and {len(y)}"
+        raise ValueError(msg)
+    rng = np.random.default_rng(seed)
+    if max_samples is not None and len(x) > max_samples:
+        x = x[np.sort(rng.choice(len(x), max_samples, replace=False))]
+    if max_samples is not None and len(y) > max_samples:
+        y = y[np.sort(rng.choice(len(y), max_samples, replace=False))]
+    from sklearn.neighbors import NearestNeighbors
+
+    real_radii, fake_radii = _knn_radii(x, k), _knn_radii(y, k)
+    real_balls_per_fake = _within_radii(y, x, real_radii)
+    fake_balls_per_real = _within_radii(x, y, fake_radii)
+    nearest_fake, _ = NearestNeighbors(n_neighbors=1).fit(y).kneighbors(x)
+    return {
+        "precision": float(np.mean(real_balls_per_fake > 0)),
+        "recall": float(np.mean(fake_balls_per_real > 0)),
+        "density": float(real_balls_per_fake.sum() / (k * len(y))),
+        "coverage": float(np.mean(nearest_fake[:, 0] <= real_radii)),
+    }

@@ -23,7 +23,16 @@ import numpy as np
 from ..datasets import ShowerData
 from ..detector import DEFAULT_DETECTOR, Detector
 
-__all__ = ("FEATURES", "ResponsePoint", "cell_spectrum", "energy_groups", "feature_histograms", "features", "response_table")
+__all__ = (
+    "FEATURES",
+    "ResponsePoint",
+    "cell_spectrum",
+    "energy_groups",
+    "feature_histograms",
+    "features",
+    "in_group",
+    "response_table",
+)
 
 #: High-level features: name -> (axis label, binning as (bins, low, high) or None for automatic).
 FEATURES: dict[str, tuple[str, tuple[int, float, float] | None]] = {
@@ -134,9 +143,28 @@ def energy_groups(energy: np.ndarray, *, max_points: int = 20, bins: int = 8) ->
     return [(float(a), float(b)) for a, b in zip(edges[:-1], edges[1:])]
 
 
+def in_group(energy: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Mask of the energies in one group of :func:`energy_groups`: equal to the point (to 1e-9
+    relative, so that a MeV -> GeV round trip still matches) or in [low, high).
+
+    Example:
+        >>> in_group(np.array([2.0, 2.0000000000000004, 3.0]), 2.0, 2.0).tolist()
+        [True, True, False]
+    """
+    if low == high:
+        return np.isclose(energy, low, rtol=1e-9, atol=0.0)
+    return (energy >= low) & (energy < high)
+
+
 @dataclass(frozen=True)
 class ResponsePoint:
-    """Mean and resolution of E_dep / E_inc in one energy range, with statistical uncertainties."""
+    """Mean and resolution of E_dep / E_inc in one energy range, with statistical uncertainties.
+
+    ``resolution`` is the standard deviation over the mean, which a few showers with large leakage
+    can dominate; ``core_resolution`` is half the central 68.3 % interval over the median (the
+    Gaussian sigma / mu for a Gaussian), robust to such tails. Its error is the large-N Gaussian
+    approximation 0.96 core / sqrt(n).
+    """
 
     energy_low: float
     energy_high: float
@@ -145,6 +173,8 @@ class ResponsePoint:
     mean_error: float
     resolution: float  # sigma / mu
     resolution_error: float
+    core_resolution: float  # (q84.1 - q15.9) / 2 / median
+    core_resolution_error: float
 
 
 def response_table(data: ShowerData, groups: list[tuple[float, float]] | None = None) -> list[ResponsePoint]:
@@ -152,16 +182,19 @@ def response_table(data: ShowerData, groups: list[tuple[float, float]] | None = 
     response = data.images.sum(axis=(1, 2), dtype=np.float64) / data.energy
     rows = []
     for low, high in groups or energy_groups(data.energy):
-        selected = response[(data.energy >= low) & (data.energy <= high if low == high else data.energy < high)]
+        selected = response[in_group(data.energy, low, high)]
         n = selected.size
         if n < 2:
             continue
         mean, std = float(selected.mean()), float(selected.std(ddof=1))
         resolution = std / mean
+        q16, median, q84 = np.quantile(selected, [0.158655, 0.5, 0.841345])
+        core = float((q84 - q16) / 2 / median) if median > 0 else float("nan")
         rows.append(
             ResponsePoint(
                 energy_low=low, energy_high=high, n=n, mean=mean, mean_error=std / np.sqrt(n),
                 resolution=resolution, resolution_error=resolution / np.sqrt(2 * (n - 1)),
+                core_resolution=core, core_resolution_error=0.96 * core / np.sqrt(n),
             )  # fmt: skip
         )
     return rows

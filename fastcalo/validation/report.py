@@ -7,21 +7,27 @@ Example:
     >>> from fastcalo.validation import compare
     >>> ref = mc.simulate(np.full(1000, 1.0), 0.0, "photon", seed=1).showers
     >>> other = mc.simulate(np.full(1000, 1.0), 0.0, "photon", seed=2).showers
-    >>> report = compare(ref, other)
+    >>> report = compare(ref, other, classifier=False, progress=False)
     >>> report.separation_power["response"] < 0.1  # statistical floor ~ 0.5 * 50 bins / 1000
     True
     >>> path = report.write(pathlib.Path(tempfile.mkdtemp()) / "report")
     >>> (path / "metrics.json").is_file()
     True
+    >>> [c.name for c in report.summary()][:3]
+    ['fpd', 'kpd', 'precision']
 """
+
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import os
 import shutil
 import tempfile
+import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,16 +36,38 @@ import numpy as np
 
 from ..datasets import ShowerData
 from ..detector import DEFAULT_DETECTOR, Detector
+from . import _inputs
 from . import observables as obs
 from .classifier import ClassifierResult, classifier_auc
-from .metrics import fpd, kpd, separation_power, wasserstein_1
+from .metrics import diversity, fpd, kpd, separation_power, wasserstein_1
+from .thresholds import Check, Thresholds
 
-__all__ = ("Report", "compare")
+__all__ = ("EnergyPointMetrics", "Report", "compare")
+
+
+@dataclass(frozen=True)
+class EnergyPointMetrics:
+    """Separation power and Wasserstein-1 distance of every feature in one energy point or bin."""
+
+    energy_low: float
+    energy_high: float
+    n_reference: int
+    n_generated: int
+    separation_power: dict[str, float]
+    wasserstein: dict[str, float]
+
+    @property
+    def energy(self) -> str:
+        """The point or bin as text, in GeV."""
+        if self.energy_low == self.energy_high:
+            return f"{self.energy_low:g}"
+        return f"{self.energy_low:.3g}–{self.energy_high:.3g}"
 
 
 @dataclass
 class Report:
-    """Histograms and numbers of a validation; ``write`` turns them into a report directory."""
+    """Histograms and numbers of a validation; ``summary`` checks them against ``thresholds``,
+    ``write`` turns them into a report directory."""
 
     labels: list[str]
     histograms: list[dict[str, hist.Hist]]
@@ -48,28 +76,104 @@ class Report:
     response: list[list[obs.ResponsePoint]]
     separation_power: dict[str, float] = field(default_factory=dict)
     wasserstein: dict[str, float] = field(default_factory=dict)
+    #: Wasserstein-1 of every feature divided by the reference's standard deviation of it.
+    wasserstein_scaled: dict[str, float] = field(default_factory=dict)
     classifier: list[ClassifierResult] = field(default_factory=list)
     physics_distances: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: precision, recall, density, coverage (:func:`fastcalo.validation.metrics.diversity`).
+    diversity: dict[str, float] = field(default_factory=dict)
+    per_energy: list[EnergyPointMetrics] = field(default_factory=list)
+    thresholds: Thresholds = field(default_factory=Thresholds)
     detector: Detector = DEFAULT_DETECTOR
+    #: the files compared, when compare() read them.
+    sources: list[str] = field(default_factory=list)
+    #: wall time of each step of compare(), seconds.
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> list[Check]:
+        """Every thresholded metric of a comparison against its bound (empty for one sample)."""
+        t = self.thresholds
+        ns = t.n_sigma
+        checks = []
+        for r in self.classifier:
+            bound = t.auc_low_max if r.inputs == "low" else t.auc_high_max
+            description = f"classifier AUC, {r.inputs}-level inputs ({len(r.aucs)} seeds)"
+            checks.append(Check(f"auc_{r.inputs}", description, r.auc, high=bound, error=r.auc_std, n_sigma=ns))
+        if self.physics_distances:
+            value, error = self.physics_distances["fpd"]
+            checks.append(Check("fpd", "FPD, high-level features", value, high=t.fpd_max, error=error, n_sigma=ns))
+            value, error = self.physics_distances["kpd"]
+            checks.append(Check("kpd", "KPD, high-level features", value, high=t.kpd_max, error=error, n_sigma=ns))
+        if self.diversity:
+            d = self.diversity
+            checks += [
+                Check("precision", "precision (k-NN manifold)", d["precision"], low=t.precision_min),
+                Check("recall", "recall (k-NN manifold)", d["recall"], low=t.recall_min),
+                Check("density", "density", d["density"], low=t.density_min, high=t.density_max),
+                Check("coverage", "coverage", d["coverage"], low=t.coverage_min),
+            ]
+        if self.separation_power:
+            worst = max(self.separation_power, key=self.separation_power.__getitem__)
+            description = f"largest separation power of {len(self.separation_power)} histograms"
+            checks.append(Check("separation_power", description, self.separation_power[worst], high=t.separation_power_max, detail=worst))
+        if self.wasserstein_scaled:
+            worst = max(self.wasserstein_scaled, key=self.wasserstein_scaled.__getitem__)
+            description = "largest Wasserstein-1 / σ_ref of a feature"
+            checks.append(Check("wasserstein", description, self.wasserstein_scaled[worst], high=t.wasserstein_max, detail=worst))
+        pairs = _matched_response(*self.response) if len(self.response) == 2 else []
+        for name, description, bound, of in (
+            ("response_mean", "largest |mean response ratio − 1|", t.response_mean_max, ("mean", "mean_error")),
+            ("resolution", "largest |core resolution ratio − 1|", t.resolution_max, ("core_resolution", "core_resolution_error")),
+        ):
+            rows = []
+            for r, g in pairs:
+                (a, ea), (b, eb) = ((getattr(x, of[0]), getattr(x, of[1])) for x in (r, g))
+                if a > 0 and b > 0:
+                    ratio = b / a
+                    rows.append((abs(ratio - 1), ratio * float(np.hypot(ea / a, eb / b)), r))
+            if rows:  # the point furthest beyond the bound, in errors
+                value, error, row = max(rows, key=lambda item: item[0] - ns * item[1])
+                checks.append(Check(name, description, value, high=bound, error=error, n_sigma=ns, detail=f"E = {_energy_text(row)} GeV"))
+        return checks
 
     def metrics(self) -> dict[str, object]:
         """Everything numeric, JSON-ready."""
+        checks = self.summary()
         return {
             "labels": self.labels,
+            "files": self.sources,
             "n_showers": [int(h["response"].sum(flow=True).value) for h in self.histograms],
+            "summary": [c.to_dict() for c in checks],
+            "passed": sum(c.passed for c in checks),
+            "failed": sum(not c.passed for c in checks),
+            "thresholds": self.thresholds.to_dict(),
             "response": {label: [asdict(r) for r in rows] for label, rows in zip(self.labels, self.response)},
             "separation_power": self.separation_power,
             "wasserstein_1": self.wasserstein,
+            "wasserstein_1_scaled": self.wasserstein_scaled,
             "physics_distances": {k: {"value": v, "error": e} for k, (v, e) in self.physics_distances.items()},
+            "diversity": self.diversity,
             "classifier_auc": {
                 r.inputs: {"auc": r.auc, "auc_std": r.auc_std, "aucs": list(r.aucs), "n": [r.n_reference, r.n_generated]}
                 for r in self.classifier
             },
+            "per_energy": [asdict(p) for p in self.per_energy],
+            "timings_s": self.timings,
         }
 
-    def write(self, directory: str | os.PathLike[str], *, overwrite: bool = True) -> Path:
-        """Write PNGs, ``metrics.json`` and ``index.html`` into ``directory`` (replaced as a whole)."""
+    def write(self, directory: str | os.PathLike[str], *, overwrite: bool = True, progress: bool = False) -> Path:
+        """Write PNGs, ``metrics.json`` and ``index.html`` into ``directory`` (replaced as a whole).
+
+        Arguments:
+            directory: the report directory; written beside it first, then renamed into place.
+            overwrite: replace an existing directory (else FileExistsError).
+            progress: a progress bar over the plots.
+
+        Returns:
+            The directory.
+        """
         import matplotlib.pyplot as plt
+        from tqdm.auto import tqdm
 
         from . import plots
 
@@ -82,18 +186,21 @@ class Report:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=parent))
         try:
             figures: list[tuple[str, str]] = []
+            bar = tqdm(total=3 + len(obs.FEATURES), desc="plots", unit="plot", disable=not progress)
 
             def save(fig: object, name: str, caption: str) -> None:
                 fig.savefig(tmp / name)  # type: ignore[attr-defined]
                 plt.close(fig)  # type: ignore[arg-type]
                 figures.append((name, caption))
+                bar.update()
 
-            save(plots.draw_response(self.response, self.labels), "response_vs_energy.png", "Energy response and resolution")
-            save(plots.draw_mean_image(self.mean_images, self.labels, self.detector.cell_edges), "mean_image.png", "Mean image")
-            save(plots.draw_overlay(self.cell_spectra, self.labels, log_y=True), "cell_spectrum.png", "Cell energy spectrum")
-            for name in obs.FEATURES:
-                caption = name + (f" (separation power {self.separation_power[name]:.4f})" if name in self.separation_power else "")
-                save(plots.draw_overlay([h[name] for h in self.histograms], self.labels), f"feature_{name}.png", caption)
+            with bar:
+                save(plots.draw_response(self.response, self.labels), "response_vs_energy.png", "Energy response and resolution")
+                save(plots.draw_mean_image(self.mean_images, self.labels, self.detector.cell_edges), "mean_image.png", "Mean image")
+                save(plots.draw_overlay(self.cell_spectra, self.labels, log_y=True), "cell_spectrum.png", "Cell energy spectrum")
+                for name in obs.FEATURES:
+                    caption = name + (f" (separation power {self.separation_power[name]:.4f})" if name in self.separation_power else "")
+                    save(plots.draw_overlay([h[name] for h in self.histograms], self.labels), f"feature_{name}.png", caption)
             (tmp / "metrics.json").write_text(json.dumps(self.metrics(), indent=2))
             (tmp / "index.html").write_text(self._html(figures))
             if target.exists():
@@ -104,17 +211,63 @@ class Report:
                 shutil.rmtree(tmp)
         return target
 
+    def _summary_html(self) -> str:
+        checks = self.summary()
+        if not checks:
+            return ""
+        rows = []
+        for c in checks:
+            value = f"{c.value:.4g}" + (f" ± {c.error:.2g}" if c.error is not None and np.isfinite(c.error) else "")
+            verdict = "<td class='pass'>PASS</td>" if c.passed else "<td class='fail'>FAIL</td>"
+            rows.append(
+                f"<tr><td>{html.escape(c.description)}</td><td>{value}</td><td>{html.escape(c.bound)}</td>{verdict}"
+                f"<td>{html.escape(c.detail)}</td></tr>"
+            )
+        n_pass = sum(c.passed for c in checks)
+        return (
+            f"<h2>Summary: {n_pass} of {len(checks)} checks pass</h2><table><tr><th>metric</th><th>value</th>"
+            "<th>threshold</th><th>verdict</th><th>where</th></tr>" + "".join(rows) + "</table>"
+            "<p class='note'>Thresholds are in metrics.json; change them with <code>--thresholds FILE.toml</code> "
+            "(docs/validation.md). For scale (arXiv:2410.21611): Geant4 against itself has AUC 0.50, the best "
+            "CaloChallenge models 0.63, GANs 0.93.</p>"
+        )
+
+    def _per_energy_html(self) -> str:
+        if not self.per_energy:
+            return ""
+        names = list(self.per_energy[0].separation_power)
+        head = "<tr><th>E [GeV]</th><th>N</th>" + "".join(f"<th>{html.escape(n)}</th>" for n in names) + "</tr>"
+
+        def table(values: str) -> str:
+            rows = []
+            for p in self.per_energy:
+                cells = []
+                for name in names:
+                    value = getattr(p, values)[name]
+                    flag = " class='fail'" if values == "separation_power" and value > self.thresholds.separation_power_max else ""
+                    cells.append(f"<td{flag}>{value:.3g}</td>")
+                rows.append(f"<tr><td>{p.energy}</td><td>{p.n_reference} / {p.n_generated}</td>{''.join(cells)}</tr>")
+            return f"<table>{head}{''.join(rows)}</table>"
+
+        return (
+            "<h2>Per energy point: separation power</h2><p class='note'>Statistical floor about bins / (2 N) "
+            "per point; values above the separation-power threshold are marked.</p>"
+            + table("separation_power")
+            + "<h2>Per energy point: Wasserstein-1 (units of the feature)</h2>"
+            + table("wasserstein")
+        )
+
     def _html(self, figures: list[tuple[str, str]]) -> str:
         rows = []
         for label, table in zip(self.labels, self.response):
             for r in table:
-                energy = f"{r.energy_low:g}" if r.energy_low == r.energy_high else f"{r.energy_low:.3g}–{r.energy_high:.3g}"
                 rows.append(
-                    f"<tr><td>{html.escape(label)}</td><td>{energy}</td><td>{r.n}</td>"
+                    f"<tr><td>{html.escape(label)}</td><td>{_energy_text(r)}</td><td>{r.n}</td>"
                     f"<td>{r.mean:.4f} ± {r.mean_error:.4f}</td><td>{r.resolution:.4f} ± {r.resolution_error:.4f}</td></tr>"
                 )
         sep = "".join(
-            f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td><td>{self.wasserstein.get(k, float('nan')):.4g}</td></tr>"
+            f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td><td>{self.wasserstein.get(k, float('nan')):.4g}</td>"
+            f"<td>{self.wasserstein_scaled.get(k, float('nan')):.3g}</td></tr>"
             for k, v in self.separation_power.items()
         )
         auc = "".join(
@@ -123,72 +276,187 @@ class Report:
         ) + "".join(
             f"<tr><td>{html.escape(r.inputs)}-level</td><td>{r.auc:.3f} ± {r.auc_std:.3f}</td><td>{len(r.aucs)}</td></tr>"
             for r in self.classifier
+        ) + "".join(
+            f"<tr><td>{html.escape(k)}</td><td>{v:.3f}</td><td></td></tr>" for k, v in self.diversity.items()
         )
         images = "".join(
             f'<figure><img src="{name}" width="480"><figcaption>{html.escape(caption)}</figcaption></figure>'
             for name, caption in figures
         )
+        files = "".join(f"<li>{html.escape(label)}: {html.escape(src)}</li>" for label, src in zip(self.labels, self.sources))
         return (
             "<!doctype html><html><head><meta charset='utf-8'><title>fastcalo validation</title>"
             "<style>body{font-family:sans-serif} figure{display:inline-block;margin:6px} "
-            "td,th{padding:2px 8px;border-bottom:1px solid #ddd}</style></head><body>"
+            "td,th{padding:2px 8px;border-bottom:1px solid #ddd} .pass{background:#c8f0c8;font-weight:bold} "
+            ".fail{background:#f6c0c0;font-weight:bold} .note{color:#555;font-size:90%}</style></head><body>"
             f"<h1>fastcalo validation: {' vs '.join(html.escape(x) for x in self.labels)}</h1>"
-            "<h2>Energy response</h2><table><tr><th>sample</th><th>E [GeV]</th><th>N</th>"
+            + (f"<ul>{files}</ul>" if files else "")
+            + self._summary_html()
+            + "<h2>Energy response</h2><table><tr><th>sample</th><th>E [GeV]</th><th>N</th>"
             "<th>mean E<sub>dep</sub>/E<sub>inc</sub></th><th>σ/μ</th></tr>" + "".join(rows) + "</table>"
             + (
                 "<h2>Distances</h2><table><tr><th>observable</th><th>separation power</th>"
-                f"<th>Wasserstein-1 (units of the observable)</th></tr>{sep}</table>"
+                f"<th>Wasserstein-1 (units of the observable)</th><th>Wasserstein-1 / σ<sub>ref</sub></th></tr>{sep}</table>"
                 if sep
                 else ""
             )
             + (
-                "<h2>FPD, KPD (0: ideal) and classifier AUC (0.5: indistinguishable)</h2><table><tr><th>metric</th><th>value</th>"
-                f"<th>seeds</th></tr>{auc}</table>"
+                "<h2>FPD, KPD (0: ideal), classifier AUC (0.5: indistinguishable), diversity</h2><table><tr><th>metric</th>"
+                f"<th>value</th><th>seeds</th></tr>{auc}</table>"
                 if auc
                 else ""
             )
+            + self._per_energy_html()
             + f"<h2>Plots</h2>{images}</body></html>"
         )
 
 
+def _energy_text(row: obs.ResponsePoint) -> str:
+    if row.energy_low == row.energy_high:
+        return f"{row.energy_low:g}"
+    return f"{row.energy_low:.3g}–{row.energy_high:.3g}"
+
+
+def _matched_response(
+    reference: list[obs.ResponsePoint], generated: list[obs.ResponsePoint]
+) -> list[tuple[obs.ResponsePoint, obs.ResponsePoint]]:
+    """Rows of the two response tables that are for the same energy group."""
+    by_group = {(r.energy_low, r.energy_high): r for r in generated}
+    return [(r, by_group[(r.energy_low, r.energy_high)]) for r in reference if (r.energy_low, r.energy_high) in by_group]
+
+
+def _per_energy(
+    feats: list[dict[str, np.ndarray]], energies: list[np.ndarray], groups: list[tuple[float, float]], progress: bool
+) -> list[EnergyPointMetrics]:
+    from tqdm.auto import tqdm
+
+    out = []
+    for low, high in tqdm(groups, desc="per-energy metrics", unit="point", disable=not progress):
+        masks = [obs.in_group(e, low, high) for e in energies]
+        if min(int(m.sum()) for m in masks) < 2:
+            continue
+        subsets = [{name: f[name][m] for name in obs.FEATURES} for f, m in zip(feats, masks)]
+        if any(not np.isfinite(s["response"]).any() for s in subsets):
+            continue
+        hists = obs.feature_histograms(*subsets)
+        sp, w1 = {}, {}
+        for name in obs.FEATURES:
+            finite = [np.isfinite(s[name]).any() for s in subsets]
+            if all(finite) and hists[0][name].values().sum() > 0 and hists[1][name].values().sum() > 0:
+                sp[name] = separation_power(hists[0][name], hists[1][name])
+                w1[name] = wasserstein_1(subsets[0][name], subsets[1][name])
+            else:
+                sp[name] = w1[name] = float("nan")
+        out.append(EnergyPointMetrics(low, high, int(masks[0].sum()), int(masks[1].sum()), sp, w1))
+    return out
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+
 def compare(
-    reference: ShowerData,
-    generated: ShowerData | None = None,
+    reference: ShowerData | str | os.PathLike[str],
+    generated: ShowerData | str | os.PathLike[str] | None = None,
     *,
-    labels: tuple[str, str] = ("reference", "generated"),
+    labels: tuple[str, str] | None = None,
     detector: Detector = DEFAULT_DETECTOR,
     classifier: bool = True,
+    thresholds: Thresholds | None = None,
+    max_showers: int | None = None,
+    k: int = 5,
+    progress: bool = True,
 ) -> Report:
     """Compute the validation of ``reference`` alone, or of ``generated`` against it.
 
-    With two samples and ``classifier``, also train the low- and high-level classifiers
-    (:func:`fastcalo.validation.classifier.classifier_auc`, three seeds each).
+    Arguments:
+        reference, generated: datasets in memory, or shower files (.root, .h5) to read. Files must
+            describe the same detector (their metadata); both samples must be non-empty, finite,
+            for the same particles and incident energies, with deposits in the unit of the
+            incident energy. Any violation raises ValueError naming the file (or label).
+        labels: names in plots and tables (default: the file names, or "reference"/"generated").
+        detector: the geometry of the images.
+        classifier: also train the low- and high-level classifiers
+            (:func:`fastcalo.validation.classifier.classifier_auc`, three seeds each), the slowest step.
+        thresholds: bounds for the summary (default :class:`Thresholds`()).
+        max_showers: read at most this many showers from each file.
+        k: the neighbour of the diversity metrics.
+        progress: progress bars on the long steps (reading, per-energy metrics, classifier seeds).
+
+    Returns:
+        A :class:`Report`.
     """
-    samples = [reference] if generated is None else [reference, generated]
-    for sample, label in zip(samples, labels):
-        if len(sample) == 0:
-            msg = f"{label}: the dataset is empty"
-            raise ValueError(msg)
-        if sample.images.shape[1:] != (detector.n_cells, detector.n_cells):
-            msg = f"{label}: expected {detector.n_cells}x{detector.n_cells} images, got {sample.images.shape[1:]}"
-            raise ValueError(msg)
-    feats = [obs.features(s, detector) for s in samples]
-    histograms = obs.feature_histograms(*feats)
-    groups = obs.energy_groups(reference.energy)
-    report = Report(
-        labels=list(labels[: len(samples)]),
-        histograms=histograms,
-        cell_spectra=[obs.cell_spectrum(s) for s in samples],
-        mean_images=[s.images.mean(axis=0, dtype=np.float64) for s in samples],
-        response=[obs.response_table(s, groups) for s in samples],
-        detector=detector,
-    )
-    if generated is not None:
+    timings: dict[str, float] = {}
+    inputs = [reference] if generated is None else [reference, generated]
+    names = [Path(x).name if isinstance(x, (str, os.PathLike)) else default for x, default in zip(inputs, ("reference", "generated"))]
+    if labels is not None:
+        names = list(labels[: len(inputs)])
+    sources = [str(x) for x in inputs if isinstance(x, (str, os.PathLike))]
+    paths = [Path(x) for x in inputs if isinstance(x, (str, os.PathLike))]
+    if len(paths) == 2 and paths[0] == paths[1]:
+        msg = f"{paths[0]} is given as both the reference and the generated sample"
+        raise ValueError(msg)
+    if paths:
+        from ..datasets import metadata
+
+        with _timed(timings, "read"):
+            described = [(str(p), metadata(p).get("detector")) for p in paths]
+            # the files against each other, and against the detector used here (if a file declares one)
+            _inputs.check_detectors([*described, ("the detector given to compare()", detector.to_dict())])
+    samples: list[ShowerData] = []
+    with _timed(timings, "read"):
+        for x, name in zip(inputs, names):
+            if isinstance(x, ShowerData):
+                samples.append(x)
+            else:
+                samples.append(_inputs.read(x, max_showers=max_showers, detector=detector, progress=progress))
+    for sample, x, name in zip(samples, inputs, names):
+        _inputs.check_sample(sample, str(x) if isinstance(x, (str, os.PathLike)) else name, detector)
+    where = [str(x) if isinstance(x, (str, os.PathLike)) else name for x, name in zip(inputs, names)]
+    if len(samples) == 2:
+        _inputs.check_conditions(samples[0], samples[1], (where[0], where[1]))
+
+    with _timed(timings, "features"):
+        feats = [obs.features(s, detector) for s in samples]
+    with _timed(timings, "histograms"):
+        histograms = obs.feature_histograms(*feats)
+        groups = obs.energy_groups(samples[0].energy)
+        report = Report(
+            labels=names,
+            histograms=histograms,
+            cell_spectra=[obs.cell_spectrum(s) for s in samples],
+            mean_images=[s.images.mean(axis=0, dtype=np.float64) for s in samples],
+            response=[obs.response_table(s, groups) for s in samples],
+            thresholds=thresholds or Thresholds(),
+            detector=detector,
+            sources=sources,
+            timings=timings,
+        )
+    if len(samples) == 1:
+        return report
+    with _timed(timings, "separation_power_wasserstein"):
         report.separation_power = {name: separation_power(histograms[0][name], histograms[1][name]) for name in obs.FEATURES}
         report.separation_power["cell_spectrum"] = separation_power(report.cell_spectra[0], report.cell_spectra[1])
         report.wasserstein = {name: wasserstein_1(feats[0][name], feats[1][name]) for name in obs.FEATURES}
-        matrices = [np.column_stack([f[name] for name in obs.FEATURES] + [np.log10(s.energy)]) for f, s in zip(feats, samples)]
+        for name, value in report.wasserstein.items():
+            spread = float(np.nanstd(feats[0][name]))
+            report.wasserstein_scaled[name] = value / spread if spread > 0 else (0.0 if value == 0 else float("inf"))
+    with _timed(timings, "per_energy"):
+        report.per_energy = _per_energy(feats, [s.energy for s in samples], groups, progress)
+    matrices = [np.column_stack([f[name] for name in obs.FEATURES] + [np.log10(s.energy)]) for f, s in zip(feats, samples)]
+    with _timed(timings, "fpd_kpd"):
         report.physics_distances = {"fpd": fpd(*matrices), "kpd": kpd(*matrices)}
-        if classifier:
-            report.classifier = [classifier_auc(reference, generated, inputs=i, detector=detector) for i in ("low", "high")]
+    with _timed(timings, "diversity"):
+        report.diversity = diversity(*matrices, k=k)
+    if classifier:
+        for level in ("low", "high"):
+            with _timed(timings, f"classifier_{level}"):
+                report.classifier.append(
+                    classifier_auc(samples[0], samples[1], inputs=level, detector=detector, progress=progress)
+                )
     return report
