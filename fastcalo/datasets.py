@@ -356,9 +356,10 @@ def _open_root(path: Path) -> tuple[Any, Any, int]:
         raise KeyError(msg)
     if _META in f:
         meta = json.loads(str(f[_META]))
-        unit = meta.get("units", {}).get("images", "GeV")
-        if unit != "GeV":
-            msg = f"{path}: ROOT shower files hold GeV, but the file declares {unit!r}"
+        units = meta.get("units", {})
+        declared = {key: units.get(key, "GeV") for key in ("images", "energy")}
+        if set(declared.values()) != {"GeV"}:
+            msg = f"{path}: ROOT shower files hold GeV, but the file declares {declared}"
             f.close()
             raise ValueError(msg)
     return f, tree, int(tree.num_entries)

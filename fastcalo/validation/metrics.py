@@ -14,16 +14,21 @@ import numpy as np
 __all__ = ("diversity", "fpd", "frechet_distance", "kpd", "separation_power", "wasserstein_1")
 
 
-def separation_power(a: hist.Hist, b: hist.Hist) -> float:
+def separation_power(a: hist.Hist, b: hist.Hist, *, flow: bool = False) -> float:
     """0.5 * sum((p - q)^2 / (p + q)) of two histograms normalised to unit sum (0: identical, 1: disjoint).
+
+    With ``flow``, the underflow and overflow bins count as two more bins, so that a sample whose
+    values fall outside the axis is not judged on its in-range part alone.
 
     Example:
         >>> import hist
         >>> h = hist.Hist(hist.axis.Regular(2, 0, 2)).fill([0.5])
         >>> separation_power(h, h)
         0.0
+        >>> separation_power(h, hist.Hist(hist.axis.Regular(2, 0, 2)).fill([5.0]), flow=True)
+        1.0
     """
-    p, q = a.values(flow=False), b.values(flow=False)
+    p, q = a.values(flow=flow), b.values(flow=flow)
     if p.sum() <= 0 or q.sum() <= 0:
         msg = "separation power needs two non-empty histograms"
         raise ValueError(msg)

@@ -112,14 +112,22 @@ def _axis(name: str, values: list[np.ndarray]) -> hist.axis.Regular:
 
 
 def feature_histograms(*datasets: dict[str, np.ndarray]) -> list[dict[str, hist.Hist]]:
-    """Histogram the features of one or more datasets on common axes (one dict per dataset)."""
+    """Histogram the features of one or more datasets on common axes (one dict per dataset).
+
+    Non-finite values are left out; on the fixed axes of fractions, a value equal to the upper
+    edge (a shower contained entirely in 3x3 cells) is filled into the last bin.
+    """
     out: list[dict[str, hist.Hist]] = [{} for _ in datasets]
     for name in FEATURES:
         axis = _axis(name, [d[name] for d in datasets])
+        top = axis.edges[-1]
         for target, feats in zip(out, datasets):
             values = feats[name]
+            values = values[np.isfinite(values)]
+            if FEATURES[name][1] is not None:  # a fraction of exactly 1 (the upper edge) is in the last bin
+                values = np.where(values == top, np.nextafter(top, -np.inf), values)
             h = hist.Hist(axis, storage=hist.storage.Weight())
-            h.fill(values[np.isfinite(values)])
+            h.fill(values)
             target[name] = h
     return out
 

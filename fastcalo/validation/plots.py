@@ -27,8 +27,9 @@ _COLOURS = ("black", "tab:red", "tab:blue", "tab:green")
 
 
 def _style() -> None:
-    plt.style.use(mplhep.style.ROOT)
-    plt.rcParams.update({"font.size": 14, "figure.dpi": 100})
+    # from matplotlib's defaults every time, so that earlier rcParams changes do not leak in
+    plt.style.use(["default", mplhep.style.ROOT])
+    plt.rcParams.update({"font.size": 14, "figure.dpi": 100, "savefig.dpi": 100})
 
 
 def draw_overlay(histograms: Sequence[hist.Hist], labels: Sequence[str], *, log_y: bool = False) -> Figure:

@@ -113,11 +113,11 @@ class Report:
                 Check("coverage", "coverage", d["coverage"], low=t.coverage_min),
             ]
         if self.separation_power:
-            worst = max(self.separation_power, key=self.separation_power.__getitem__)
+            worst = _worst(self.separation_power)
             description = f"largest separation power of {len(self.separation_power)} histograms"
             checks.append(Check("separation_power", description, self.separation_power[worst], high=t.separation_power_max, detail=worst))
         if self.wasserstein_scaled:
-            worst = max(self.wasserstein_scaled, key=self.wasserstein_scaled.__getitem__)
+            worst = _worst(self.wasserstein_scaled)
             description = "largest Wasserstein-1 / σ_ref of a feature"
             checks.append(Check("wasserstein", description, self.wasserstein_scaled[worst], high=t.wasserstein_max, detail=worst))
         pairs = _matched_response(*self.response) if len(self.response) == 2 else []
@@ -311,6 +311,11 @@ class Report:
         )
 
 
+def _worst(values: dict[str, float]) -> str:
+    """The key of the largest value; a NaN (not computable) counts as the worst."""
+    return next((k for k, v in values.items() if np.isnan(v)), None) or max(values, key=values.__getitem__)
+
+
 def _energy_text(row: obs.ResponsePoint) -> str:
     if row.energy_low == row.energy_high:
         return f"{row.energy_low:g}"
@@ -336,19 +341,28 @@ def _per_energy(
         if min(int(m.sum()) for m in masks) < 2:
             continue
         subsets = [{name: f[name][m] for name in obs.FEATURES} for f, m in zip(feats, masks)]
-        if any(not np.isfinite(s["response"]).any() for s in subsets):
-            continue
         hists = obs.feature_histograms(*subsets)
         sp, w1 = {}, {}
         for name in obs.FEATURES:
-            finite = [np.isfinite(s[name]).any() for s in subsets]
-            if all(finite) and hists[0][name].values().sum() > 0 and hists[1][name].values().sum() > 0:
-                sp[name] = separation_power(hists[0][name], hists[1][name])
-                w1[name] = wasserstein_1(subsets[0][name], subsets[1][name])
-            else:
-                sp[name] = w1[name] = float("nan")
+            sp[name] = _separation(hists[0][name], hists[1][name])
+            w1[name] = _wasserstein(subsets[0][name], subsets[1][name])
         out.append(EnergyPointMetrics(low, high, int(masks[0].sum()), int(masks[1].sum()), sp, w1))
     return out
+
+
+def _separation(a: hist.Hist, b: hist.Hist) -> float:
+    """Separation power with the flow bins (values off the axis count); NaN if a sample has no
+    finite value at all (e.g. ratios of empty showers)."""
+    if a.values(flow=True).sum() <= 0 or b.values(flow=True).sum() <= 0:
+        return float("nan")
+    return separation_power(a, b, flow=True)
+
+
+def _wasserstein(a: np.ndarray, b: np.ndarray) -> float:
+    """Wasserstein-1, NaN if a sample has no finite value."""
+    if not (np.isfinite(a).any() and np.isfinite(b).any()):
+        return float("nan")
+    return wasserstein_1(a, b)
 
 
 @contextlib.contextmanager
@@ -440,9 +454,9 @@ def compare(
     if len(samples) == 1:
         return report
     with _timed(timings, "separation_power_wasserstein"):
-        report.separation_power = {name: separation_power(histograms[0][name], histograms[1][name]) for name in obs.FEATURES}
-        report.separation_power["cell_spectrum"] = separation_power(report.cell_spectra[0], report.cell_spectra[1])
-        report.wasserstein = {name: wasserstein_1(feats[0][name], feats[1][name]) for name in obs.FEATURES}
+        report.separation_power = {name: _separation(histograms[0][name], histograms[1][name]) for name in obs.FEATURES}
+        report.separation_power["cell_spectrum"] = _separation(report.cell_spectra[0], report.cell_spectra[1])
+        report.wasserstein = {name: _wasserstein(feats[0][name], feats[1][name]) for name in obs.FEATURES}
         for name, value in report.wasserstein.items():
             spread = float(np.nanstd(feats[0][name]))
             report.wasserstein_scaled[name] = value / spread if spread > 0 else (0.0 if value == 0 else float("inf"))
