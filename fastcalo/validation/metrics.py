@@ -108,10 +108,15 @@ def fpd(reference: np.ndarray, generated: np.ndarray, *, n_points: int = 8, repe
     return float(coef[0]), error
 
 
-def kpd(reference: np.ndarray, generated: np.ndarray, *, batch_size: int = 1000, n_batches: int = 10, seed: int = 0) -> tuple[float, float]:
+def kpd(
+    reference: np.ndarray, generated: np.ndarray, *, batch_size: int = 1000, n_batches: int = 10, seed: int = 0, degree: int = 3
+) -> tuple[float, float]:
     """Kernel physics distance (arXiv:2211.10295): the unbiased squared MMD of the standardised
-    features with the cubic polynomial kernel k(a, b) = (a.b / d + 1)^3, over ``n_batches``
-    batches. Returns (median, half the interquartile range); 0 is ideal, values can be < 0."""
+    features with the polynomial kernel k(a, b) = (a.b / d + 1)^degree, over ``n_batches``
+    batches. Returns (median, half the interquartile range); 0 is ideal, values can be < 0.
+
+    ``degree`` 3 is the kernel of the kernel inception distance; jetnet's ``kpd`` uses 4 (with
+    batches drawn with replacement), and on the same batch ``degree=4`` reproduces its value."""
     x, y = _standardise(np.asarray(reference, float), np.asarray(generated, float))
     n = min(batch_size, len(x), len(y))
     if n < 10:
@@ -123,7 +128,7 @@ def kpd(reference: np.ndarray, generated: np.ndarray, *, batch_size: int = 1000,
     for _ in range(n_batches):
         a = x[rng.choice(len(x), n, replace=False)]
         b = y[rng.choice(len(y), n, replace=False)]
-        kxx, kyy, kxy = (a @ a.T / d + 1) ** 3, (b @ b.T / d + 1) ** 3, (a @ b.T / d + 1) ** 3
+        kxx, kyy, kxy = (a @ a.T / d + 1) ** degree, (b @ b.T / d + 1) ** degree, (a @ b.T / d + 1) ** degree
         off = n * (n - 1)
         values.append((kxx.sum() - np.trace(kxx)) / off + (kyy.sum() - np.trace(kyy)) / off - 2 * kxy.mean())
     q1, median, q3 = np.percentile(values, [25, 50, 75])
