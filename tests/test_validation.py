@@ -269,6 +269,8 @@ def test_per_energy_metrics(samples) -> None:
         assert p_shift.separation_power["response"] > max(0.3, 3 * p_same.separation_power["response"])
         assert p_shift.wasserstein["response"] == pytest.approx(0.03 * 0.97, abs=0.005)
         assert p_shift.separation_power["width_y"] == p_same.separation_power["width_y"]  # shapes untouched
+        # two samples of one distribution sit at the statistical floor, on average over the features
+        assert 0.5 < np.mean([p_same.separation_power[n] / p_same.separation_floor[n] for n in observables.FEATURES]) < 2.0
 
 
 def test_summary_verdicts_and_report(tmp_path: Path, samples) -> None:

@@ -46,7 +46,7 @@ def response_rows(scale: float) -> list[ResponsePoint]:
     for e in (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0):
         resolution = scale * np.hypot(0.03 / np.sqrt(e), 0.005)
         mean = (0.98 - 0.03 / np.sqrt(e)) * (1 + 0.3 * (scale - 1))
-        rows.append(ResponsePoint(e, e, 1000, mean, 0.001, resolution, resolution / 45, resolution, resolution / 33))
+        rows.append(ResponsePoint(e, e, 1000, mean, 0.001, resolution, resolution / 45, 0.9 * resolution, resolution / 33))
     return rows
 
 

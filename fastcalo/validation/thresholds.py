@@ -93,7 +93,7 @@ class Thresholds:
         try:
             return cls(**{key: values[key] for key in values})
         except ValueError as error:
-            msg = f"{source}: {error}".replace("thresholds: ", "")
+            msg = f"{source}: {str(error).removeprefix('thresholds: ')}"
             raise ValueError(msg) from None
 
     @classmethod
@@ -102,7 +102,11 @@ class Thresholds:
         try:
             import tomllib
         except ModuleNotFoundError:  # Python < 3.11
-            import tomli as tomllib  # type: ignore[no-redef]
+            try:
+                import tomli as tomllib  # type: ignore[no-redef]
+            except ModuleNotFoundError:
+                msg = "reading a thresholds TOML file on Python < 3.11 needs the 'tomli' package (pip install tomli)"
+                raise ImportError(msg) from None
 
         path = Path(path)
         try:
