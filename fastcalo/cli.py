@@ -83,6 +83,32 @@ def _mc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    import shutil
+
+    from . import train
+    from .model import load, save
+
+    overrides = {"train": {"steps": args.steps}} if args.steps is not None else {}
+    config = train.load_config(args.config, **overrides)
+    if args.export is not None and args.export.exists() and not args.overwrite:
+        msg = f"{args.export} already exists (pass --overwrite to replace it)"
+        raise FileExistsError(msg)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    run_dir = args.run_dir or Path("runs") / args.config.stem
+    best = train.train(config, run_dir, resume=not args.fresh_only, progress=not args.no_progress)
+    log.info("kept model (lowest monitor score): %s", best)
+    if args.export is not None:
+        model = load(best)
+        save(model, args.export, training=model.metadata["training"], overwrite=True)  # type: ignore[attr-defined]
+        shutil.copyfile(args.config, args.export / "train.toml")
+        log.info("exported %s to %s", best, args.export)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastcalo", description="Fast calorimeter shower simulation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +133,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=2000, help="showers per chunk in memory (default 2000)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_mc)
+
+    p = sub.add_parser(
+        "train",
+        help="train a model (WGAN-GP) on reference-MC showers that its config generates",
+        description="Train a model as a TOML config says (see docs/training.md); the run directory "
+        "holds the config, metrics.jsonl, plots, shower grids, a resumable checkpoint, best/ and final/. "
+        "Running again on the same directory resumes.",
+        epilog="example: fastcalo train --config fastcalo/models/default/train.toml --run-dir runs/default",
+    )
+    p.add_argument("--config", type=Path, required=True, help="TOML run config")
+    p.add_argument("--run-dir", type=Path, default=None, help="run directory (default runs/<config name>)")
+    p.add_argument("--steps", type=int, default=None, help="override [train] steps")
+    p.add_argument("--export", type=Path, default=None, help="copy the kept model (and the config) to this directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --export directory")
+    p.add_argument("--fresh-only", action="store_true", help="refuse to resume an existing run directory")
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads for this process (default: the config's [train] threads)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
     return parser
 
 

@@ -13,7 +13,8 @@ References:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 
@@ -202,6 +203,34 @@ class Detector:
         from dataclasses import asdict
 
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Detector:
+        """Inverse of :meth:`to_dict` (lists become tuples); unknown keys raise ``ValueError``.
+
+        Example:
+            >>> Detector.from_dict(Detector().to_dict()) == Detector()
+            True
+        """
+
+        def build(kind: Any, data: dict[str, Any]) -> Any:
+            names = {f.name: f for f in fields(kind)}
+            unknown = sorted(set(data) - set(names))
+            if unknown:
+                msg = f"unknown {kind.__name__} field(s) {unknown}; expected {sorted(names)}"
+                raise ValueError(msg)
+            out: dict[str, Any] = {}
+            for key, value in data.items():
+                sub = {"material": Material, "response": Response, "conditions": ConditionRanges}.get(key)
+                if sub is not None and kind is Detector:
+                    out[key] = build(sub, value)
+                elif isinstance(value, list):
+                    out[key] = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+                else:
+                    out[key] = value
+            return kind(**out)
+
+        return build(cls, values)  # type: ignore[no-any-return]
 
 
 DEFAULT_DETECTOR = Detector()

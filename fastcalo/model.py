@@ -1,0 +1,543 @@
+"""The conditional shower model: condition encoding, energy model, Generator, Critic, save/load.
+
+A shower is generated in two factors, p(image | c) = p(r | c) · p(shape | r, c):
+
+- the **energy model** draws the deposited fraction r = E_dep / E_inc from its conditional
+  quantile function (a small MLP trained with the pinball loss), so the total-energy distribution,
+  the classic failure of calorimeter GANs, is learned directly, spread and tails included;
+- the **generator** (trained as a WGAN-GP against the **critic**) turns latent noise, the
+  conditions and r into a 24x24 shape: softmax over the cells, times r · E_inc, then the detector's
+  zero-suppression threshold (soft while training, hard when generating).
+
+Conditions c: log incident energy, eta, particle type (one-hot) and the impact point inside the
+central cell, each scaled to about [-1, 1] by :class:`Conditions` from the detector's ranges.
+
+Preprocessing (stored with the model, invertible): cell energies E [GeV] are shown to the critic
+as x = log1p(E / e0) / log1p(E_max / e0) with e0 the zero-suppression threshold (x = 0 for an
+empty cell, about 1 for the highest energy in range); r is standardised with the training mean
+and standard deviation.
+
+Example:
+    >>> import torch
+    >>> from fastcalo.model import ModelConfig, ShowerModel
+    >>> model = ShowerModel(ModelConfig(latent_dim=8, generator_hidden=(32,), critic_hidden=(32,)))
+    >>> images = model.sample(energy=[10.0, 50.0], eta=[0.1, -0.4], pdgid=[22, 11],
+    ...                       impact_x=[5.0, 5.0], impact_y=[5.0, 5.0], seed=1)
+    >>> images.shape, images.dtype, bool((images >= 0).all())
+    ((2, 24, 24), dtype('float32'), True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .detector import DEFAULT_DETECTOR, PARTICLES, ConditionRanges, Detector
+
+__all__ = (
+    "DEFAULT_MODEL",
+    "Conditions",
+    "Critic",
+    "EnergyModel",
+    "Generator",
+    "ModelConfig",
+    "ModelFileError",
+    "Preprocessing",
+    "ShowerModel",
+    "load",
+    "save",
+)
+
+#: The shipped default model's directory (model.safetensors, model.json and its train.toml).
+DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default"
+
+_FORMAT = "fastcalo.model"
+_FORMAT_VERSION = 1
+
+
+class ModelFileError(ValueError):
+    """A model directory that is missing, corrupted or does not match this package or detector."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The architecture (everything needed to rebuild the networks).
+
+    Arguments:
+        kind: ``"mlp"`` (the CPU default) or ``"conv"`` (DCGAN-style, for a GPU).
+        latent_dim: size of the generator's noise vector.
+        generator_hidden: widths of the MLP generator's hidden layers.
+        critic_hidden: widths of the MLP critic's hidden layers.
+        conv_channels: channels of the convolutional generator's widest layer (``kind="conv"``).
+        energy_hidden: widths of the energy model's hidden layers.
+        n_quantiles: quantile levels of the energy model, (k + 0.5) / n_quantiles.
+        negative_slope: of the LeakyReLU activations.
+    """
+
+    kind: str = "mlp"
+    latent_dim: int = 32
+    generator_hidden: tuple[int, ...] = (128, 256, 512)
+    critic_hidden: tuple[int, ...] = (512, 256, 128)
+    conv_channels: int = 64
+    energy_hidden: tuple[int, ...] = (64, 64)
+    n_quantiles: int = 100
+    negative_slope: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("mlp", "conv"):
+            msg = f"ModelConfig.kind must be 'mlp' or 'conv', got {self.kind!r}"
+            raise ValueError(msg)
+        for name, low in (("latent_dim", 1), ("conv_channels", 2), ("n_quantiles", 3)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < low:
+                msg = f"ModelConfig.{name} must be an integer >= {low}, got {value!r}"
+                raise ValueError(msg)
+        for name in ("generator_hidden", "critic_hidden", "energy_hidden"):
+            value = tuple(getattr(self, name))
+            if not all(isinstance(v, int) and v > 0 for v in value):
+                msg = f"ModelConfig.{name} must be positive integers, got {value!r}"
+                raise ValueError(msg)
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        """Build from a dict (a TOML table or model.json), rejecting unknown keys."""
+        return _from_dict(cls, values, "model")
+
+
+def _from_dict(cls: Any, values: dict[str, Any], where: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        msg = f"unknown key(s) {unknown} in [{where}]; valid keys are {sorted(names)}"
+        raise ValueError(msg)
+    converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return cls(**converted)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """The invertible transforms between physics units and network units (stored with the model).
+
+    Arguments:
+        e0: cell-energy scale of the log transform in GeV (the zero-suppression threshold).
+        e_max: cell energy mapped to 1 (GeV), the top of the incident-energy range.
+        threshold: zero-suppression threshold applied to generated cells, GeV.
+        r_mean, r_std: mean and standard deviation of E_dep / E_inc in the training data.
+        soft_width: width (GeV) of the differentiable threshold used while training.
+    """
+
+    e0: float = 0.005
+    e_max: float = 100.0
+    threshold: float = 0.005
+    r_mean: float = 0.95
+    r_std: float = 0.05
+    soft_width: float = 0.001
+
+    @classmethod
+    def for_detector(cls, detector: Detector, **values: float) -> Preprocessing:
+        """Scales from the detector: its threshold and the top of its energy range."""
+        thr = detector.response.threshold
+        return cls(e0=thr, e_max=detector.conditions.energy[1], threshold=thr, **values)
+
+    def to_network(self, cells: torch.Tensor) -> torch.Tensor:
+        """Cell energies (GeV) -> critic inputs in [0, ~1]."""
+        return torch.log1p(cells.clamp_min(0.0) / self.e0) / math.log1p(self.e_max / self.e0)
+
+    def from_network(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`to_network`."""
+        return self.e0 * torch.expm1(x * math.log1p(self.e_max / self.e0))
+
+    def encode_r(self, r: torch.Tensor) -> torch.Tensor:
+        return (r - self.r_mean) / self.r_std
+
+    def decode_r(self, code: torch.Tensor) -> torch.Tensor:
+        return code * self.r_std + self.r_mean
+
+    def zero_suppress(self, cells: torch.Tensor, *, soft: bool = False) -> torch.Tensor:
+        """Cells below the threshold set to 0 (a sigmoid step of ``soft_width`` if ``soft``)."""
+        if soft:
+            return cells * torch.sigmoid((cells - self.threshold) / self.soft_width)
+        return torch.where(cells >= self.threshold, cells, torch.zeros((), dtype=cells.dtype, device=cells.device))
+
+
+class Conditions:
+    """Encode particle conditions into the network's condition vector (width :attr:`width`).
+
+    Columns: log E scaled to [-1, 1] over the energy range, eta / max|eta|, one-hot particle type,
+    impact point offset from the central cell's centre scaled to [-1, 1].
+
+    Example:
+        >>> enc = Conditions()
+        >>> enc.encode(energy=[1.0, 100.0], eta=[0.0, 1.5], pdgid=[22, -11],
+        ...            impact_x=[0.0, 10.0], impact_y=[5.0, 5.0]).tolist()
+        [[-1.0, 0.0, 1.0, 0.0, 0.0, -1.0, 0.0], [1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0]]
+    """
+
+    def __init__(self, detector: Detector = DEFAULT_DETECTOR) -> None:
+        self.ranges: ConditionRanges = detector.conditions
+        self.pdgids = [PARTICLES[p] for p in self.ranges.particles]
+        cell_low, cell_high = detector.central_cell
+        self._centre = 0.5 * (cell_low + cell_high)
+        self._half = 0.5 * (cell_high - cell_low)
+        self._log_low, self._log_high = (math.log(e) for e in self.ranges.energy)
+        self._eta_max = max(abs(e) for e in self.ranges.eta)
+        self.width = 2 + len(self.pdgids) + 2
+
+    def encode(
+        self,
+        *,
+        energy: Any,
+        eta: Any,
+        pdgid: Any,
+        impact_x: Any,
+        impact_y: Any,
+    ) -> torch.Tensor:
+        """(N, width) float32 tensor; inputs are array-likes of shape (N,) (GeV, mm)."""
+        e = torch.as_tensor(np.asarray(energy, dtype=np.float64))
+        log_e = (2.0 * (torch.log(e) - self._log_low) / (self._log_high - self._log_low)) - 1.0
+        pid = np.asarray(pdgid).astype(np.int64)
+        onehot = torch.zeros((pid.size, len(self.pdgids)), dtype=torch.float64)
+        for k, code in enumerate(self.pdgids):
+            onehot[:, k] = torch.as_tensor(pid == code, dtype=torch.float64)
+        unknown = onehot.sum(1) == 0
+        if bool(unknown.any()):
+            bad = sorted({int(v) for v in pid[unknown.numpy()]})
+            msg = f"pdgid(s) {bad} not among the model's particles {list(self.ranges.particles)} ({self.pdgids})"
+            raise ValueError(msg)
+        columns = [
+            log_e[:, None],
+            torch.as_tensor(np.asarray(eta, dtype=np.float64))[:, None] / self._eta_max,
+            onehot,
+            (torch.as_tensor(np.asarray(impact_x, dtype=np.float64))[:, None] - self._centre) / self._half,
+            (torch.as_tensor(np.asarray(impact_y, dtype=np.float64))[:, None] - self._centre) / self._half,
+        ]
+        return torch.cat(columns, dim=1).to(torch.float32)
+
+
+def _mlp(sizes: list[int], slope: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for k in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[k], sizes[k + 1]))
+        if k < len(sizes) - 2:
+            layers.append(nn.LeakyReLU(slope))
+    return nn.Sequential(*layers)
+
+
+class EnergyModel(nn.Module):
+    """Conditional quantile function of the standardised deposited fraction r.
+
+    The network outputs a location, a log scale and ``n_quantiles - 1`` shape parameters; the
+    quantiles at levels tau_k = (k + 0.5) / n are loc + scale * s_k with s_k a monotone sequence
+    (cumulative softplus steps) standardised to zero mean and unit spread over k, so that a change of
+    width with the conditions is one output, not a hundred. Sampling interpolates the quantiles
+    linearly in tau and continues beyond the outer levels with exponential tails matched to the
+    outer slopes.
+    """
+
+    def __init__(self, config: ModelConfig, n_conditions: int) -> None:
+        super().__init__()
+        self.n = config.n_quantiles
+        self.net = _mlp([n_conditions, *config.energy_hidden, self.n + 1], config.negative_slope)
+        self.register_buffer("levels", (torch.arange(self.n, dtype=torch.float32) + 0.5) / self.n)
+
+    @torch.no_grad()
+    def start_from(self, r_code: torch.Tensor) -> None:
+        """Set the output layer so that the quantiles start as those of ``r_code`` (all conditions
+        pooled); training then learns how they move with the conditions."""
+        q = torch.quantile(r_code.float(), self.levels.to(r_code.device)).cpu()
+        last: nn.Linear = self.net[-1]  # type: ignore[assignment]
+        last.weight.mul_(0.1)
+        last.bias[0] = q.mean()
+        last.bias[1] = torch.log(q.std().clamp_min(1e-6))
+        steps = (q[1:] - q[:-1]).clamp_min(1e-6) / q.std().clamp_min(1e-6) * (self.n - 1) / 4.0
+        last.bias[2:] = steps + torch.log(-torch.expm1(-steps))  # inverse softplus
+
+    def quantiles(self, c: torch.Tensor) -> torch.Tensor:
+        """(N, n_quantiles) quantiles of the standardised r, increasing."""
+        out = self.net(c)
+        steps = nn.functional.softplus(out[:, 2:]) * (4.0 / (self.n - 1))
+        shape = torch.cat([torch.zeros_like(out[:, :1]), torch.cumsum(steps, dim=1)], dim=1)
+        shape = (shape - shape.mean(1, keepdim=True)) / shape.std(1, keepdim=True).clamp_min(1e-6)
+        return out[:, :1] + torch.exp(out[:, 1:2]) * shape
+
+    def loss(self, c: torch.Tensor, r_code: torch.Tensor) -> torch.Tensor:
+        """Pinball (quantile) loss of the standardised fractions ``r_code`` (N,)."""
+        diff = r_code[:, None] - self.quantiles(c)
+        tau = self.levels[None, :]
+        return torch.mean(torch.maximum(tau * diff, (tau - 1.0) * diff))
+
+    def sample(self, c: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Standardised r at uniform variates ``u`` (N,) in (0, 1)."""
+        q = self.quantiles(c)
+        n = self.n
+        pos = (u * n - 0.5).clamp(0.0, n - 1.0)
+        k = pos.floor().long().clamp(max=n - 2)
+        frac = (pos - k).unsqueeze(1)
+        inner = (torch.gather(q, 1, k[:, None]) * (1 - frac) + torch.gather(q, 1, k[:, None] + 1) * frac)[:, 0]
+        tau0 = 0.5 / n
+        slope_low = (q[:, 1] - q[:, 0]) * n
+        slope_high = (q[:, -1] - q[:, -2]) * n
+        uc = u.clamp(1e-7, 1 - 1e-7)
+        low = q[:, 0] + slope_low * tau0 * torch.log(uc / tau0)
+        high = q[:, -1] - slope_high * tau0 * torch.log((1 - uc) / tau0)
+        return torch.where(u < tau0, low, torch.where(u > 1 - tau0, high, inner))
+
+
+class Generator(nn.Module):
+    """Noise (N, latent_dim), conditions (N, n_c) and standardised r (N,) -> cell logits (N, 576)."""
+
+    def __init__(self, config: ModelConfig, n_conditions: int, n_cells: int) -> None:
+        super().__init__()
+        self.config = config
+        self.side = n_cells
+        n_in = config.latent_dim + n_conditions + 1
+        if config.kind == "mlp":
+            self.net = _mlp([n_in, *config.generator_hidden, n_cells * n_cells], config.negative_slope)
+        else:
+            if n_cells % 4:
+                msg = f"the conv generator needs a side divisible by 4, got {n_cells}"
+                raise ValueError(msg)
+            ch = config.conv_channels
+            quarter = n_cells // 4
+            slope = config.negative_slope
+            self.net = nn.Sequential(
+                nn.Linear(n_in, 2 * ch * quarter * quarter),
+                nn.LeakyReLU(slope),
+                nn.Unflatten(1, (2 * ch, quarter, quarter)),
+                nn.ConvTranspose2d(2 * ch, ch, 4, stride=2, padding=1),
+                nn.BatchNorm2d(ch),
+                nn.LeakyReLU(slope),
+                nn.ConvTranspose2d(ch, ch // 2, 4, stride=2, padding=1),
+                nn.BatchNorm2d(ch // 2),
+                nn.LeakyReLU(slope),
+                nn.Conv2d(ch // 2, 1, 3, padding=1),
+                nn.Flatten(),
+            )
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor, r_code: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([z, c, r_code[:, None]], dim=1))
+
+
+class Critic(nn.Module):
+    """Critic inputs (N, 576) in network units, conditions and standardised r -> scores (N,)."""
+
+    def __init__(self, config: ModelConfig, n_conditions: int, n_cells: int) -> None:
+        super().__init__()
+        self.side = n_cells
+        n_extra = n_conditions + 1
+        slope = config.negative_slope
+        if config.kind == "mlp":
+            self.body: nn.Module = nn.Identity()
+            n_features = n_cells * n_cells
+            self.head = _mlp([n_features + n_extra, *config.critic_hidden, 1], slope)
+        else:
+            ch = config.conv_channels
+            self.body = nn.Sequential(
+                nn.Unflatten(1, (1, n_cells, n_cells)),
+                nn.Conv2d(1, ch // 2, 4, stride=2, padding=1),
+                nn.LeakyReLU(slope),
+                nn.Conv2d(ch // 2, ch, 4, stride=2, padding=1),
+                nn.LeakyReLU(slope),
+                nn.Flatten(),
+            )
+            n_features = ch * (n_cells // 4) ** 2
+            self.head = _mlp([n_features + n_extra, *config.critic_hidden, 1], slope)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, r_code: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.body(x), c, r_code[:, None]], dim=1))[:, 0]
+
+
+class ShowerModel(nn.Module):
+    """Energy model, generator and critic with their condition encoding and preprocessing.
+
+    Arguments:
+        config: the architecture.
+        preprocessing: the stored transforms (from the detector if not given).
+        detector: the calorimeter the model simulates.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig = ModelConfig(),
+        *,
+        preprocessing: Preprocessing | None = None,
+        detector: Detector = DEFAULT_DETECTOR,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.detector = detector
+        self.preprocessing = preprocessing or Preprocessing.for_detector(detector)
+        self.conditions = Conditions(detector)
+        n_c = self.conditions.width
+        self.energy = EnergyModel(config, n_c)
+        self.generator = Generator(config, n_c, detector.n_cells)
+        self.critic = Critic(config, n_c, detector.n_cells)
+
+    def cells(self, z: torch.Tensor, c: torch.Tensor, r_code: torch.Tensor, e_inc: torch.Tensor, *, soft: bool) -> torch.Tensor:
+        """Generated cell energies (N, 576) in GeV: the softmax shape times E_dep = r E_inc, zero
+        suppressed (soft or hard), then rescaled so that the cells sum to E_dep exactly (the energy
+        model owns the total; the scale factor is >= 1, so no kept cell drops below threshold)."""
+        shape = torch.softmax(self.generator(z, c, r_code), dim=1)
+        total = (self.preprocessing.decode_r(r_code).clamp_min(0.0) * e_inc)[:, None]
+        kept = self.preprocessing.zero_suppress(shape * total, soft=soft)
+        return kept * (total / kept.sum(dim=1, keepdim=True).clamp_min(1e-12))
+
+    @torch.no_grad()
+    def generate(self, c: torch.Tensor, e_inc: torch.Tensor, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Showers (N, 576) in GeV from encoded conditions, incident energies (GeV), noise and
+        uniform variates ``u`` (N,) for the energy model; deterministic given its inputs."""
+        r_code = self.energy.sample(c, u)
+        return self.cells(z, c, r_code, e_inc, soft=False)
+
+    def sample(
+        self,
+        *,
+        energy: Any,
+        eta: Any,
+        pdgid: Any,
+        impact_x: Any,
+        impact_y: Any,
+        seed: int = 0,
+    ) -> np.ndarray:
+        """Showers for the given particles: (N, 24, 24) float32 numpy, GeV (CPU, one batch)."""
+        c = self.conditions.encode(energy=energy, eta=eta, pdgid=pdgid, impact_x=impact_x, impact_y=impact_y)
+        n = c.shape[0]
+        gen = torch.Generator().manual_seed(seed)
+        z = torch.randn((n, self.config.latent_dim), generator=gen)
+        u = torch.rand((n,), generator=gen)
+        e_inc = torch.as_tensor(np.asarray(energy, dtype=np.float32))
+        was_training = self.training
+        self.eval()
+        try:
+            out = self.generate(c, e_inc, z, u)
+        finally:
+            self.train(was_training)
+        side = self.detector.n_cells
+        return out.reshape(n, side, side).numpy().astype(np.float32, copy=False)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save(
+    model: ShowerModel,
+    directory: str | os.PathLike[str],
+    *,
+    training: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``model.safetensors`` and ``model.json`` into ``directory`` (created atomically).
+
+    The JSON holds the architecture, preprocessing, condition ranges, detector, the training
+    config (``training``), the package version and the sha256 of the weights file.
+    """
+    import shutil
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    from . import __version__
+
+    target = Path(directory)
+    if target.exists() and not overwrite:
+        msg = f"{target} already exists (pass overwrite=True to replace it)"
+        raise FileExistsError(msg)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        weights = tmp / "model.safetensors"
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(weights))
+        meta = {
+            "format": _FORMAT,
+            "format_version": _FORMAT_VERSION,
+            "fastcalo_version": __version__,
+            "config": dataclasses.asdict(model.config),
+            "preprocessing": dataclasses.asdict(model.preprocessing),
+            "conditions": dataclasses.asdict(model.detector.conditions),
+            "detector": model.detector.to_dict(),
+            "training": training or {},
+            "weights_sha256": _sha256(weights),
+        }
+        (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def load(directory: str | os.PathLike[str], *, detector: Detector | None = None) -> ShowerModel:
+    """Rebuild a model saved by :func:`save`, checking the weights' sha256, format and detector.
+
+    ``detector``, if given, must equal the one the model was trained for.
+    Raises :class:`ModelFileError` with what was expected and what was found.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(directory)
+    meta_path, weights = path / "model.json", path / "model.safetensors"
+    for f in (meta_path, weights):
+        if not f.is_file():
+            found = sorted(p.name for p in path.iterdir()) if path.is_dir() else "no such directory"
+            msg = f"{path}: a model directory needs model.json and model.safetensors; found {found}"
+            raise ModelFileError(msg)
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        msg = f"{meta_path}: not valid JSON ({err})"
+        raise ModelFileError(msg) from err
+    if meta.get("format") != _FORMAT or meta.get("format_version") != _FORMAT_VERSION:
+        msg = f"{meta_path}: expected format {_FORMAT!r} version {_FORMAT_VERSION}, found {meta.get('format')!r} version {meta.get('format_version')!r}"
+        raise ModelFileError(msg)
+    missing = [k for k in ("config", "preprocessing", "detector", "weights_sha256") if k not in meta]
+    if missing:
+        msg = f"{meta_path}: missing key(s) {missing}"
+        raise ModelFileError(msg)
+    digest = _sha256(weights)
+    if digest != meta["weights_sha256"]:
+        msg = f"{weights}: sha256 {digest} does not match model.json ({meta['weights_sha256']}): corrupted or replaced weights"
+        raise ModelFileError(msg)
+    try:
+        stored_detector = Detector.from_dict(meta["detector"])
+        config = ModelConfig.from_dict(meta["config"])
+        preprocessing = _from_dict(Preprocessing, meta["preprocessing"], "preprocessing")
+    except (TypeError, ValueError, KeyError) as err:
+        msg = f"{meta_path}: cannot rebuild the model ({err})"
+        raise ModelFileError(msg) from err
+    if detector is not None and detector != stored_detector:
+        msg = f"{path}: the model was trained for a different detector ({stored_detector}) than the one given ({detector})"
+        raise ModelFileError(msg)
+    model = ShowerModel(config, preprocessing=preprocessing, detector=stored_detector)
+    try:
+        state = load_file(str(weights))
+    except SafetensorError as err:
+        msg = f"{weights}: not a readable safetensors file ({err})"
+        raise ModelFileError(msg) from err
+    expected = model.state_dict()
+    if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
+        diff = sorted(set(state) ^ set(expected)) or [k for k in expected if state[k].shape != expected[k].shape]
+        msg = f"{weights}: tensors do not match the architecture in model.json (differences: {diff[:5]})"
+        raise ModelFileError(msg)
+    model.load_state_dict(state)
+    model.eval()
+    model.metadata = meta  # type: ignore[assignment]
+    return model

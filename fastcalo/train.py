@@ -1,0 +1,736 @@
+"""WGAN-GP training: the run config, the training data it generates, the loop, checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .datasets import ShowerData
+from .detector import DEFAULT_DETECTOR, Detector
+from .model import ModelConfig, ShowerModel, _from_dict
+
+__all__ = ("DataConfig", "MonitorConfig", "RunConfig", "TrainConfig", "cosine_lr", "evaluate", "load_config", "make_dataset", "train")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Reference-MC showers to train on, generated from a fixed seed (so a run is reproducible).
+
+    Arguments:
+        particles: particle names; ``n_per_particle`` showers of each.
+        n_per_particle: showers per particle type.
+        energy: (low, high) incident energy range in GeV.
+        eta: (low, high) pseudorapidity range.
+        log_uniform: draw energies uniformly in log(E).
+        seed: seeds the conditions (``seed + k`` for the k-th particle) and the MC (``seed``).
+    """
+
+    particles: tuple[str, ...] = ("photon", "electron", "positron")
+    n_per_particle: int = 60_000
+    energy: tuple[float, float] = (1.0, 100.0)
+    eta: tuple[float, float] = (-1.5, 1.5)
+    log_uniform: bool = True
+    seed: int = 1
+
+    def conditions(self, detector: Detector = DEFAULT_DETECTOR) -> dict[str, np.ndarray]:
+        """The condition columns of every shower, particle by particle (not shuffled)."""
+        from .mc import sample_conditions
+
+        parts = [
+            sample_conditions(
+                self.n_per_particle,
+                energy=self.energy,
+                eta=self.eta,
+                particle=particle,
+                log_uniform=self.log_uniform,
+                seed=self.seed + k,
+                detector=detector,
+            )
+            for k, particle in enumerate(self.particles)
+        ]
+        return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+def make_dataset(
+    spec: DataConfig | MonitorConfig,
+    path: str | os.PathLike[str],
+    *,
+    detector: Detector = DEFAULT_DETECTOR,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> int:
+    """Simulate the showers of ``spec`` with the reference MC into ``path`` (atomically).
+
+    The file's metadata records ``spec`` under ``"training_data"`` so that a later run can tell
+    whether a cached file is the one its config asks for. Returns the number of showers.
+    """
+    from .mc import simulate_to_file
+
+    return simulate_to_file(
+        spec.conditions(detector),
+        Path(path),
+        seed=spec.seed,
+        overwrite=overwrite,
+        detector=detector,
+        progress=progress,
+        metadata={"training_data": json.loads(json.dumps(dataclasses.asdict(spec)))},
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class MonitorConfig:
+    """Held-out reference-MC showers the run is evaluated on (never trained on).
+
+    Arguments:
+        points: incident energies in GeV; ``n_per_point`` showers of each particle at each.
+        particles: particle names.
+        n_per_point: showers per energy point and particle.
+        eta: (low, high) pseudorapidity range.
+        seed: seeds conditions and MC; must differ from the training data's.
+    """
+
+    points: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
+    particles: tuple[str, ...] = ("photon",)
+    n_per_point: int = 1000
+    eta: tuple[float, float] = (-1.5, 1.5)
+    seed: int = 1000
+
+    def conditions(self, detector: Detector = DEFAULT_DETECTOR) -> dict[str, np.ndarray]:
+        from .mc import sample_conditions
+
+        parts = [
+            sample_conditions(self.n_per_point, points=self.points, eta=self.eta, particle=p, seed=self.seed + k, detector=detector)
+            for k, p in enumerate(self.particles)
+        ]
+        return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation (defaults: WGAN-GP as in Gulrajani et al., arXiv:1704.00028, Algorithm 1:
+    lambda = 10, n_critic = 5, Adam lr 1e-4, betas (0, 0.9)).
+
+    Arguments:
+        loss: ``"wgan-gp"`` or ``"bce"`` (the original GAN loss, a baseline to compare against).
+        steps: generator steps.
+        batch_size: showers per critic and generator step.
+        n_critic: critic steps per generator step.
+        gp_lambda: gradient-penalty weight (``wgan-gp``).
+        lr, betas: Adam settings of generator and critic.
+        label_smoothing: one-sided: real labels are ``1 - label_smoothing`` (``bce``; Salimans et
+            al., arXiv:1606.03498).
+        energy_steps, energy_lr, energy_batch: pre-training of the energy model (pinball loss,
+            Adam with the learning rate decayed from ``energy_lr`` to 0 on a cosine).
+        eval_every: generator steps between evaluations on the monitor set (and checkpoints).
+        seed: seeds parameters, batches and noise.
+        threads: torch CPU threads (0: all cores).
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+    """
+
+    loss: str = "wgan-gp"
+    steps: int = 20_000
+    batch_size: int = 256
+    n_critic: int = 5
+    gp_lambda: float = 10.0
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.0, 0.9)
+    label_smoothing: float = 0.1
+    energy_steps: int = 3000
+    energy_lr: float = 1e-3
+    energy_batch: int = 1024
+    eval_every: int = 1000
+    seed: int = 0
+    threads: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("wgan-gp", "bce"):
+            msg = f"train.loss must be 'wgan-gp' or 'bce', got {self.loss!r}"
+            raise ValueError(msg)
+        for name in ("steps", "batch_size", "n_critic", "eval_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                msg = f"train.{name} must be a positive integer, got {value!r}"
+                raise ValueError(msg)
+        object.__setattr__(self, "betas", tuple(self.betas))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything a training run needs, as loaded from its TOML file (see :func:`load_config`).
+
+    ``data_dir`` (relative to the working directory) caches the generated MC files.
+    """
+
+    data: DataConfig = DataConfig()
+    monitor: MonitorConfig = MonitorConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    data_dir: str = "data"
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+_SECTIONS = {"data": DataConfig, "monitor": MonitorConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> RunConfig:
+    """Read a TOML run config into a frozen :class:`RunConfig` (defaults for what it leaves out).
+
+    Tables ``[data]``, ``[monitor]``, ``[model]``, ``[train]`` and the top-level key ``data_dir``;
+    unknown tables or keys raise ``ValueError`` listing the valid ones. ``overrides`` are
+    ``section={key: value}`` dicts applied on top.
+
+    Example:
+        >>> cfg = load_config(None, train={"steps": 10})
+        >>> cfg.train.steps, cfg.train.gp_lambda, cfg.model.kind
+        (10, 10.0, 'mlp')
+    """
+    import tomllib
+
+    values: dict[str, Any] = {}
+    if path is not None:
+        with Path(path).open("rb") as f:
+            try:
+                values = tomllib.load(f)
+            except tomllib.TOMLDecodeError as err:
+                msg = f"{path}: not valid TOML ({err})"
+                raise ValueError(msg) from err
+    for section, extra in overrides.items():
+        values.setdefault(section, {}).update(extra)
+    unknown = sorted(set(values) - set(_SECTIONS) - {"data_dir"})
+    if unknown:
+        msg = f"{path}: unknown table(s) or key(s) {unknown}; expected {sorted(_SECTIONS)} and 'data_dir'"
+        raise ValueError(msg)
+    built = {name: _from_dict(cls, values.get(name, {}), name) for name, cls in _SECTIONS.items()}
+    return RunConfig(**built, data_dir=str(values.get("data_dir", "data")))
+
+
+def dataset_path(spec: DataConfig | MonitorConfig, data_dir: str | os.PathLike[str]) -> Path:
+    """Where the showers of ``spec`` are cached: ``<data_dir>/<kind>-<hash of spec>.h5``."""
+    kind = "train" if isinstance(spec, DataConfig) else "monitor"
+    text = json.dumps(dataclasses.asdict(spec), sort_keys=True)
+    return Path(data_dir) / f"{kind}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.h5"
+
+
+def _ensure_dataset(spec: DataConfig | MonitorConfig, data_dir: str, detector: Detector, progress: bool) -> Path:
+    from .datasets import metadata
+
+    path = dataset_path(spec, data_dir)
+    if path.is_file():
+        stored = metadata(path).get("training_data")
+        if stored != json.loads(json.dumps(dataclasses.asdict(spec))):
+            msg = f"{path} holds showers for {stored}, not for {dataclasses.asdict(spec)}; remove it to regenerate"
+            raise ValueError(msg)
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dataset(spec, path, detector=detector, progress=progress)
+    return path
+
+
+@dataclasses.dataclass
+class _Batchable:
+    """A shower dataset as network tensors: conditions c, incident energy e, standardised r, cells x."""
+
+    c: torch.Tensor
+    e: torch.Tensor
+    r_code: torch.Tensor
+    x: torch.Tensor
+
+    @classmethod
+    def build(cls, model: ShowerModel, data: ShowerData, device: torch.device) -> _Batchable:
+        c = model.conditions.encode(
+            energy=data.energy, eta=data.eta, pdgid=data.pdgid, impact_x=data.impact_x, impact_y=data.impact_y
+        )
+        cells = torch.as_tensor(data.images.reshape(len(data), -1), dtype=torch.float32)
+        e = torch.as_tensor(data.energy, dtype=torch.float32)
+        r_code = model.preprocessing.encode_r(cells.sum(1) / e)
+        x = model.preprocessing.to_network(cells)
+        return cls(c.to(device), e.to(device), r_code.to(device), x.to(device))
+
+    def __len__(self) -> int:
+        return int(self.e.shape[0])
+
+    def take(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.c[index], self.e[index], self.r_code[index], self.x[index]
+
+
+def gradient_penalty(critic: Any, real: torch.Tensor, fake: torch.Tensor, *args: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """WGAN-GP penalty E[(||grad_x D(x_hat)||_2 - 1)^2] at x_hat = eps real + (1 - eps) fake,
+    eps ~ U(0, 1) per sample (arXiv:1704.00028, Algorithm 1). ``args`` are passed to the critic.
+
+    Example:
+        >>> import torch
+        >>> lin = torch.nn.Linear(3, 1, bias=False)
+        >>> _ = lin.weight.data.copy_(torch.tensor([[0.0, 3.0, 4.0]]))   # |grad| = 5 everywhere
+        >>> gradient_penalty(lambda x: lin(x)[:, 0], torch.zeros(4, 3), torch.ones(4, 3)).item()
+        16.0
+    """
+    eps = torch.rand((real.shape[0], 1), generator=generator, device=real.device, dtype=real.dtype)
+    mixed = (eps * real + (1.0 - eps) * fake).requires_grad_(True)
+    score = critic(mixed, *args)
+    (grad,) = torch.autograd.grad(score.sum(), mixed, create_graph=True)
+    return ((grad.norm(2, dim=1) - 1.0) ** 2).mean()
+
+
+def _generate(model: ShowerModel, data: _Batchable, z: torch.Tensor, u: torch.Tensor, batch: int = 8192) -> np.ndarray:
+    out = [model.generate(data.c[s : s + batch], data.e[s : s + batch], z[s : s + batch], u[s : s + batch]) for s in range(0, len(data), batch)]
+    return torch.cat(out).cpu().numpy()
+
+
+def evaluate(reference: ShowerData, generated: ShowerData) -> dict[str, Any]:
+    """The monitor's physics metrics of ``generated`` against held-out ``reference`` showers with the
+    same conditions, per energy point: response and resolution ratios (generated / reference) and
+    the separation power of every high-level feature, and precision / recall / density / coverage
+    of the feature vectors (:func:`fastcalo.validation.metrics.diversity`, so that mode collapse
+    shows); ``score`` is the mean separation power over features and points (lower is better; it
+    picks the kept checkpoint). The diversity numbers are averaged over the points."""
+    from .validation.metrics import diversity, separation_power
+    from .validation.observables import energy_groups, feature_histograms, features, response_table
+
+    groups = energy_groups(reference.energy)
+    ref_resp, gen_resp = response_table(reference, groups), response_table(generated, groups)
+    points: list[dict[str, Any]] = []
+    for (low, high), a, b in zip(groups, ref_resp, gen_resp):
+        keep = (reference.energy >= low) & (reference.energy <= high if low == high else reference.energy < high)
+        fr, fg = features(reference[keep]), features(generated[keep])
+        hr, hg = feature_histograms(fr, fg)
+        # a feature the generator never produces (e.g. all its showers empty) is as far as can be: 1
+        sp = {name: separation_power(hr[name], hg[name]) if hg[name].sum().value > 0 else 1.0 for name in hr}
+        points.append(
+            {
+                "energy": [low, high],
+                "response_ratio": b.mean / a.mean,
+                "resolution_ratio": b.resolution / a.resolution,
+                "separation_power": sp,
+                **diversity(np.column_stack(list(fr.values())), np.column_stack(list(fg.values())), max_samples=2000),
+            }
+        )
+    names = list(points[0]["separation_power"])
+    mean_sp = {n: float(np.mean([p["separation_power"][n] for p in points])) for n in names}
+    return {
+        "score": float(np.mean(list(mean_sp.values()))),
+        "separation_power": mean_sp,
+        "max_response_deviation": float(max(abs(p["response_ratio"] - 1) for p in points)),
+        "max_resolution_deviation": float(max(abs(p["resolution_ratio"] - 1) for p in points)),
+        **{k: float(np.mean([p[k] for p in points])) for k in ("precision", "recall", "density", "coverage")},
+        "points": points,
+    }
+
+
+def cosine_lr(base: float, step: int, steps: int) -> float:
+    """Cosine decay from ``base`` at step 0 to 0 at ``steps`` (a pure function of the step).
+
+    Example:
+        >>> cosine_lr(1e-3, 0, 100), cosine_lr(1e-3, 50, 100), cosine_lr(1e-3, 100, 100)
+        (0.001, 0.0005, 0.0)
+    """
+    return base * 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        msg = f"train.device is {name!r} but no CUDA device is available"
+        raise ValueError(msg)
+    return torch.device(name)
+
+
+def _setup_processes(device_name: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); joins the process group when launched by torchrun."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, _device(device_name)
+    device = _device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world, device
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _broadcast_parameters(model: torch.nn.Module, world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        for tensor in model.state_dict().values():
+            dist.broadcast(tensor, 0)
+
+
+def _average_gradients(module: torch.nn.Module, world: int) -> None:
+    """All-reduce and average the gradients of ``module`` over the processes (data parallelism)."""
+    if world == 1:
+        return
+    import torch.distributed as dist
+
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def _gather_rng(rng: torch.Generator, world: int) -> list[torch.Tensor]:
+    state = rng.get_state()
+    if world == 1:
+        return [state]
+    import torch.distributed as dist
+
+    states = [torch.empty_like(state) for _ in range(world)]
+    dist.all_gather(states, state)
+    return states
+
+
+def _check_in_sync(model: torch.nn.Module, run_dir: Path, lead: bool) -> None:
+    """Process 0 records whether every process ended with the same weights (they must)."""
+    import torch.distributed as dist
+
+    flat = torch.cat([t.detach().float().reshape(-1).cpu() for t in model.state_dict().values()])
+    gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, flat)
+    if lead:
+        spread = max(float((g - gathered[0]).abs().max()) for g in gathered)
+        (run_dir / "processes.json").write_text(json.dumps({"processes": len(gathered), "max_weight_difference": spread}) + "\n")
+
+
+def _optimizer_tensors(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[Any]]:
+    state = opt.state_dict()
+    tensors = {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            tensors[f"{prefix}.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    return tensors, state["param_groups"]
+
+
+def _restore_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[Any]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        head, index, key = name.split(".", 2)
+        if head == prefix:
+            state.setdefault(int(index), {})[key] = value
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _save_checkpoint(run_dir: Path, model: ShowerModel, optimizers: dict[str, torch.optim.Optimizer], rng_states: list[torch.Tensor], info: dict[str, Any]) -> None:
+    """``checkpoint.safetensors`` (weights, optimizer moments, RNG state) + ``checkpoint.json``, atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    groups = {}
+    for prefix, opt in optimizers.items():
+        extra, groups[prefix] = _optimizer_tensors(prefix, opt)
+        tensors.update({f"opt.{k}": v for k, v in extra.items()})
+    for rank, state in enumerate(rng_states):
+        tensors[f"rng.{rank}"] = state.cpu()
+    tmp = run_dir / ".checkpoint.tmp.safetensors"
+    save_file(tensors, str(tmp))
+    meta = dict(info, param_groups=groups)
+    (run_dir / ".checkpoint.tmp.json").write_text(json.dumps(meta))
+    os.replace(tmp, run_dir / "checkpoint.safetensors")
+    os.replace(run_dir / ".checkpoint.tmp.json", run_dir / "checkpoint.json")
+
+
+def _load_checkpoint(
+    run_dir: Path, model: ShowerModel, optimizers: dict[str, torch.optim.Optimizer], rng: torch.Generator, *, rank: int = 0
+) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(run_dir / "checkpoint.safetensors"))
+    meta = json.loads((run_dir / "checkpoint.json").read_text())
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    for prefix, opt in optimizers.items():
+        _restore_optimizer(prefix, opt, {k[4:]: v for k, v in tensors.items() if k.startswith("opt.")}, meta["param_groups"][prefix])
+    if f"rng.{rank}" not in tensors:
+        msg = f"{run_dir}: the checkpoint holds no random state for process {rank} (was it made with fewer processes?)"
+        raise ValueError(msg)
+    rng.set_state(tensors[f"rng.{rank}"])
+    return dict(meta)
+
+
+def train(
+    config: RunConfig,
+    run_dir: str | os.PathLike[str],
+    *,
+    resume: bool = True,
+    progress: bool = True,
+    detector: Detector = DEFAULT_DETECTOR,
+    until: int | None = None,
+) -> Path:
+    """Train a model as ``config`` says; the run directory shows its own health.
+
+    ``run_dir`` receives ``config.json``, ``metrics.jsonl`` (losses every 50 steps, the monitor's
+    metrics at every evaluation), ``losses.png``, ``monitor.png``, ``grids/step_*.png`` (showers
+    from fixed noise and conditions beside MC ones), ``checkpoint.*`` (resumable), ``best/`` (the
+    model with the lowest monitor score) and ``final/``. An existing run with the same config is
+    resumed from its checkpoint (``resume=False`` refuses to touch it). ``until`` stops after that
+    many generator steps (checkpointed, to be resumed by a later call).
+
+    Data-parallel training: launched with ``torchrun --nproc_per_node N``, every process trains on
+    its own batches (its own random stream), gradients are averaged over the processes after every
+    backward pass (gloo on CPU, NCCL on GPUs), so the effective batch is N x ``batch_size``; process
+    0 generates the MC data, evaluates, logs and writes the run directory.
+
+    Returns the directory of the kept (best) model.
+    """
+    from tqdm.auto import tqdm
+
+    from . import datasets
+    from .model import Preprocessing, save
+
+    tc = config.train
+    rank, world, device = _setup_processes(tc.device)
+    lead = rank == 0
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    wanted = config.to_dict()
+    if config_path.is_file():
+        if not resume:
+            msg = f"{run_dir} already holds a run (pass resume=True to continue it, or choose another directory)"
+            raise FileExistsError(msg)
+        if json.loads(config_path.read_text()) != wanted:
+            msg = f"{run_dir} holds a run with a different config; choose another directory"
+            raise ValueError(msg)
+    _barrier(world)  # every process has checked the directory before process 0 writes to it
+    if lead:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "grids").mkdir(exist_ok=True)
+        config_path.write_text(json.dumps(wanted, indent=2) + "\n")
+        for spec in (config.data, config.monitor):
+            _ensure_dataset(spec, config.data_dir, detector, progress)
+    _barrier(world)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    train_data = datasets.read(_ensure_dataset(config.data, config.data_dir, detector, progress), detector=detector)
+    monitor_data = datasets.read(_ensure_dataset(config.monitor, config.data_dir, detector, progress), detector=detector)
+    progress = progress and lead
+
+    r = train_data.images.sum(axis=(1, 2), dtype=np.float64) / train_data.energy
+    preprocessing = Preprocessing.for_detector(detector, r_mean=float(r.mean()), r_std=float(r.std()))
+    torch.manual_seed(tc.seed)
+    model = ShowerModel(config.model, preprocessing=preprocessing, detector=detector).to(device)
+    real = _Batchable.build(model, train_data, device)
+    if config.model.kind == "mlp":  # start from the average shape: output bias = log of the mean cell fraction
+        mean_shape = (train_data.images / train_data.images.sum(axis=(1, 2), keepdims=True)).mean(axis=0).reshape(-1)
+        with torch.no_grad():
+            model.generator.net[-1].bias.copy_(torch.as_tensor(np.log(mean_shape + 1e-7), dtype=torch.float32))
+    held = _Batchable.build(model, monitor_data, device)
+    del train_data
+    _broadcast_parameters(model, world)
+    rng = torch.Generator(device=device).manual_seed(tc.seed + 1 + 1000 * rank)
+    fixed = torch.Generator(device=device).manual_seed(tc.seed + 2)
+    z_fixed = torch.randn((len(held), config.model.latent_dim), generator=fixed, device=device)
+    u_fixed = torch.rand((len(held),), generator=fixed, device=device)
+
+    optimizers = {
+        "generator": torch.optim.Adam(model.generator.parameters(), lr=tc.lr, betas=tc.betas),
+        "critic": torch.optim.Adam(model.critic.parameters(), lr=tc.lr, betas=tc.betas),
+        "energy": torch.optim.Adam(model.energy.parameters(), lr=tc.energy_lr),
+    }
+    info: dict[str, Any] = {"step": 0, "energy_done": False, "best_score": None, "best_step": None, "last_score": None, "seconds": 0.0}
+    log_path = run_dir / "metrics.jsonl"
+    if (run_dir / "checkpoint.safetensors").is_file():
+        info = _load_checkpoint(run_dir, model, optimizers, rng, rank=rank)
+        info.pop("param_groups", None)
+        if lead:
+            kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= info["step"]] if log_path.is_file() else []
+            log_path.write_text("".join(line + "\n" for line in kept))
+    elif log_path.exists() and lead:
+        log_path.unlink()
+    _barrier(world)
+
+    import time
+
+    started = time.perf_counter() - info["seconds"]
+
+    def log(record: dict[str, Any]) -> None:
+        if lead:
+            with log_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def checkpoint() -> None:
+        states = _gather_rng(rng, world)
+        if lead:
+            _save_checkpoint(run_dir, model, optimizers, states, info)
+        _barrier(world)
+
+    def step_with(name: str, loss: torch.Tensor) -> None:
+        optimizers[name].zero_grad(set_to_none=True)
+        loss.backward()
+        _average_gradients(getattr(model, name), world)
+        optimizers[name].step()
+
+    def batch(n: int) -> tuple[torch.Tensor, ...]:
+        return real.take(torch.randint(len(real), (n,), generator=rng, device=device))
+
+    def run_eval(done: int) -> None:
+        if not lead:
+            return
+        model.eval()
+        generated = _generate(model, held, z_fixed, u_fixed)
+        gen_data = dataclasses.replace(monitor_data, images=generated.reshape(-1, detector.n_cells, detector.n_cells))
+        metrics = evaluate(monitor_data, gen_data)
+        log({"step": done, "kind": "eval", **metrics, "seconds": time.perf_counter() - started})
+        info["last_score"] = metrics["score"]
+        if info["best_score"] is None or metrics["score"] < info["best_score"]:
+            info["best_score"], info["best_step"] = metrics["score"], done
+            save(model, run_dir / "best", training=dict(wanted, step=done, score=metrics["score"]), overwrite=True)
+        _plot_grid(monitor_data, gen_data, run_dir / "grids" / f"step_{done:07d}.png", title=f"step {done}")
+        _plot_history(log_path, run_dir)
+
+    if not info["energy_done"]:
+        model.energy.start_from(real.r_code[torch.randperm(len(real), generator=rng, device=device)[:200_000]])
+        for step in tqdm(range(tc.energy_steps), desc="energy model", disable=not progress):
+            optimizers["energy"].param_groups[0]["lr"] = cosine_lr(tc.energy_lr, step, tc.energy_steps)
+            c, _, r_code, _ = batch(tc.energy_batch)
+            loss = model.energy.loss(c, r_code)
+            step_with("energy", loss)
+            if (step + 1) % 500 == 0:
+                log({"step": 0, "kind": "energy", "energy_step": step + 1, "pinball": loss.item()})
+        info["energy_done"] = True
+    for p in model.energy.parameters():
+        p.requires_grad_(False)
+    if info["step"] == 0:  # the starting point, so that improvement is measured, not assumed
+        run_eval(0)
+        checkpoint()
+
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    latent = config.model.latent_dim
+    bar = tqdm(total=tc.steps, initial=info["step"], desc=f"{tc.loss} training", unit="step", disable=not progress)
+    sums: dict[str, float] = {}
+    for step in range(info["step"], tc.steps):
+        model.train()
+        for _ in range(tc.n_critic):
+            c, e, r_code, x = batch(tc.batch_size)
+            z = torch.randn((tc.batch_size, latent), generator=rng, device=device)
+            with torch.no_grad():
+                fake = model.preprocessing.to_network(model.cells(z, c, r_code, e, soft=True))
+            d_real, d_fake = model.critic(x, c, r_code), model.critic(fake, c, r_code)
+            if tc.loss == "wgan-gp":
+                gp = gradient_penalty(model.critic, x, fake, c, r_code, generator=rng)
+                loss_c = d_fake.mean() - d_real.mean() + tc.gp_lambda * gp
+                sums["gp"] = sums.get("gp", 0.0) + gp.item() / tc.n_critic
+            else:
+                loss_c = bce(d_real, torch.full_like(d_real, 1.0 - tc.label_smoothing)) + bce(d_fake, torch.zeros_like(d_fake))
+            step_with("critic", loss_c)
+        sums["wasserstein"] = sums.get("wasserstein", 0.0) + (d_real.mean() - d_fake.mean()).item()
+        sums["critic_loss"] = sums.get("critic_loss", 0.0) + loss_c.item()
+
+        c, e, r_code, _ = batch(tc.batch_size)
+        z = torch.randn((tc.batch_size, latent), generator=rng, device=device)
+        d_gen = model.critic(model.preprocessing.to_network(model.cells(z, c, r_code, e, soft=True)), c, r_code)
+        loss_g = -d_gen.mean() if tc.loss == "wgan-gp" else bce(d_gen, torch.ones_like(d_gen))
+        step_with("generator", loss_g)
+        sums["generator_loss"] = sums.get("generator_loss", 0.0) + loss_g.item()
+        sums["n"] = sums.get("n", 0.0) + 1
+        bar.update(1)
+
+        done = step + 1
+        if done % 50 == 0 or done == tc.steps:
+            n_avg = sums.pop("n")
+            record = {k: v / n_avg for k, v in sums.items()}
+            log({"step": done, "kind": "train", **record, "seconds": time.perf_counter() - started})
+            bar.set_postfix(W=f"{record['wasserstein']:.3f}")
+            sums = {}
+        stop = until is not None and done >= until
+        if done % tc.eval_every == 0 or done == tc.steps:
+            run_eval(done)
+            if lead:
+                bar.set_postfix(score=f"{info['last_score']:.4f}", best=info["best_step"])
+        if done % tc.eval_every == 0 or done == tc.steps or stop:
+            info["step"], info["seconds"] = done, time.perf_counter() - started
+            checkpoint()
+        if stop:
+            break
+    bar.close()
+    if info["step"] >= tc.steps and lead:
+        save(model, run_dir / "final", training=dict(wanted, step=tc.steps, processes=world), overwrite=True)
+    if world > 1:
+        _check_in_sync(model, run_dir, lead)
+    return run_dir / "best"
+
+
+def _plot_grid(reference: ShowerData, generated: ShowerData, path: Path, *, title: str) -> None:
+    """MC (top row) and generated (bottom row) showers: the first shower at up to 5 energy points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    energies = np.unique(reference.energy)
+    picks = [int(np.flatnonzero(reference.energy == e)[0]) for e in energies[:: max(1, -(-energies.size // 5))]]
+    fig, axes = plt.subplots(2, len(picks), figsize=(2.6 * len(picks), 5.6), squeeze=False)
+    for col, index in enumerate(picks):
+        for row, (data, label) in enumerate(((reference, "MC"), (generated, "generated"))):
+            ax = axes[row, col]
+            image = data.images[index]
+            ax.imshow(np.where(image > 0, image, np.nan), norm=LogNorm(vmin=1e-3, vmax=max(float(image.max()), 2e-3)), cmap="viridis")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{label} {reference.energy[index]:g} GeV, E={image.sum():.2f}", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _plot_history(log_path: Path, run_dir: Path) -> None:
+    """losses.png (critic's Wasserstein estimate, losses) and monitor.png (score, response, resolution)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in log_path.read_text().splitlines()]
+    train_rows = [r for r in records if r["kind"] == "train"]
+    eval_rows = [r for r in records if r["kind"] == "eval"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    steps = [r["step"] for r in train_rows]
+    axes[0].plot(steps, [r["wasserstein"] for r in train_rows], label="critic: D(real) - D(fake)")
+    axes[0].set_xlabel("generator step")
+    axes[0].legend()
+    axes[1].plot(steps, [r["critic_loss"] for r in train_rows], label="critic loss")
+    axes[1].plot(steps, [r["generator_loss"] for r in train_rows], label="generator loss")
+    axes[1].set_xlabel("generator step")
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "losses.png", dpi=80)
+    plt.close(fig)
+    if eval_rows:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+        steps = [r["step"] for r in eval_rows]
+        axes[0].plot(steps, [r["score"] for r in eval_rows], "o-", label="mean separation power (score)")
+        axes[0].set_yscale("log")
+        axes[0].set_xlabel("generator step")
+        axes[0].legend()
+        axes[1].plot(steps, [r["max_response_deviation"] for r in eval_rows], "o-", label="max |response ratio - 1|")
+        axes[1].plot(steps, [r["max_resolution_deviation"] for r in eval_rows], "s-", label="max |resolution ratio - 1|")
+        axes[1].set_yscale("log")
+        axes[1].set_xlabel("generator step")
+        axes[1].legend()
+        fig.tight_layout()
+        fig.savefig(run_dir / "monitor.png", dpi=80)
+        plt.close(fig)

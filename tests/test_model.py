@@ -1,0 +1,170 @@
+"""The shower model: shapes, physics constraints of the output, gradients, energy model, save/load."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fastcalo.detector import Detector, Response
+from fastcalo.model import Conditions, ModelConfig, ModelFileError, Preprocessing, ShowerModel, load, save
+from fastcalo.train import cosine_lr
+
+CONFIGS = {
+    "mlp": ModelConfig(latent_dim=8, generator_hidden=(32, 64), critic_hidden=(64, 32), energy_hidden=(16,), n_quantiles=20),
+    "conv": ModelConfig(kind="conv", latent_dim=8, conv_channels=8, critic_hidden=(16,), energy_hidden=(16,), n_quantiles=20),
+}
+PARTICLES = {
+    "energy": [1.0, 3.0, 10.0, 50.0, 100.0],
+    "eta": [0.0, -1.2, 0.4, 1.4, 0.9],
+    "pdgid": [22, 11, -11, 22, 11],
+    "impact_x": [0.5, 5.0, 9.5, 2.0, 7.0],
+    "impact_y": [5.0, 1.0, 8.0, 9.9, 0.1],
+}
+
+
+@pytest.fixture(params=sorted(CONFIGS))
+def model(request: pytest.FixtureRequest) -> ShowerModel:
+    return ShowerModel(CONFIGS[request.param])
+
+
+def test_sample_shapes_and_physics(model: ShowerModel) -> None:
+    images = model.sample(**PARTICLES, seed=3)
+    assert images.shape == (5, 24, 24) and images.dtype == np.float32
+    assert np.all(images >= 0)
+    nonzero = images[images > 0]
+    assert nonzero.min() >= model.preprocessing.threshold  # zero suppression: no cell below threshold
+    # the cells sum to the energy model's E_dep = r E_inc (rescaled after suppression)
+    c = model.conditions.encode(**PARTICLES)
+    g = torch.Generator().manual_seed(3)  # the draws of sample(seed=3): noise first, then u
+    torch.randn((5, model.config.latent_dim), generator=g)
+    u = torch.rand(5, generator=g)
+    r = model.preprocessing.decode_r(model.energy.sample(c, u)).clamp_min(0)
+    sums = images.sum(axis=(1, 2))
+    expected = (r * torch.tensor(PARTICLES["energy"])).detach().numpy()
+    populated = sums > 0
+    np.testing.assert_allclose(sums[populated], expected[populated], rtol=1e-4)
+
+
+def test_same_seed_same_showers_other_seed_different(model: ShowerModel) -> None:
+    a, b, c = (model.sample(**PARTICLES, seed=s) for s in (1, 1, 2))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_every_parameter_gets_a_gradient(model: ShowerModel) -> None:
+    model.train()
+    c = model.conditions.encode(**PARTICLES)
+    e = torch.tensor(PARTICLES["energy"])
+    r_code = torch.randn(5)
+    z = torch.randn(5, model.config.latent_dim)
+    fake = model.preprocessing.to_network(model.cells(z, c, r_code, e, soft=True))
+    loss = model.critic(fake, c, r_code).sum() + model.energy.loss(c, r_code)
+    loss.backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert missing == []
+
+
+def test_conditions_encoding_and_unknown_particle() -> None:
+    enc = Conditions()
+    row = enc.encode(energy=[10.0], eta=[-0.75], pdgid=[11], impact_x=[2.5], impact_y=[7.5])[0].tolist()
+    assert row[0] == pytest.approx(2 * np.log(10) / np.log(100) - 1)
+    assert row[1:] == pytest.approx([-0.5, 0.0, 1.0, 0.0, -0.5, 0.5])
+    with pytest.raises(ValueError, match=r"pdgid\(s\) \[211\] not among the model's particles"):
+        enc.encode(energy=[10.0], eta=[0.0], pdgid=[211], impact_x=[5.0], impact_y=[5.0])
+
+
+def test_preprocessing_is_invertible() -> None:
+    pre = Preprocessing.for_detector(Detector())
+    cells = torch.tensor([0.0, 0.005, 0.1, 3.0, 100.0])
+    x = pre.to_network(cells)
+    assert x[0] == 0 and x[-1] == pytest.approx(1.0)
+    torch.testing.assert_close(pre.from_network(x), cells, rtol=1e-5, atol=1e-7)
+    r = torch.tensor([0.9, 0.95, 1.0])
+    torch.testing.assert_close(pre.decode_r(pre.encode_r(r)), r)
+
+
+def test_energy_model_learns_a_conditional_spread() -> None:
+    """Pinball-loss quantiles reproduce the mean and the width of a skewed conditional r."""
+    torch.manual_seed(0)
+    model = ShowerModel(ModelConfig(energy_hidden=(32,), n_quantiles=20))
+    g = torch.Generator().manual_seed(5)
+
+    def draw(code: torch.Tensor) -> torch.Tensor:  # wider at low energy, skewed to low r like leakage
+        width = 0.5 + 0.5 * (1 - code)
+        return -width * (torch.distributions.Gamma(4.0, 1.0).sample(code.shape) - 4.0) / 2.0
+
+    n = 20_000
+    c = torch.zeros(n, model.conditions.width)
+    c[:, 0] = torch.rand(n, generator=g) * 2 - 1  # the log-energy column
+    r_code = draw(c[:, 0])
+    model.energy.start_from(r_code)
+    opt = torch.optim.Adam(model.energy.parameters(), lr=3e-3)
+    for step in range(1500):
+        opt.param_groups[0]["lr"] = cosine_lr(3e-3, step, 1500)
+        index = torch.randint(n, (1024,), generator=g)
+        loss = model.energy.loss(c[index], r_code[index])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        for code in (-0.8, 0.8):
+            cond = torch.zeros(40_000, model.conditions.width)
+            cond[:, 0] = code
+            drawn = model.energy.sample(cond, torch.rand(40_000, generator=g))
+            truth = draw(torch.full((200_000,), code))
+            assert float(drawn.mean()) == pytest.approx(float(truth.mean()), abs=0.08 * float(truth.std()))
+            assert float(drawn.std()) == pytest.approx(float(truth.std()), rel=0.08)
+
+
+def test_save_load_reproduces_outputs_exactly(model: ShowerModel, tmp_path) -> None:
+    path = save(model, tmp_path / "m", training={"note": "test"})
+    again = load(path)
+    np.testing.assert_array_equal(model.sample(**PARTICLES, seed=9), again.sample(**PARTICLES, seed=9))
+    meta = json.loads((path / "model.json").read_text())
+    assert meta["config"]["kind"] == model.config.kind and meta["training"] == {"note": "test"}
+    assert len(meta["weights_sha256"]) == 64 and meta["fastcalo_version"]
+    with pytest.raises(FileExistsError, match="already exists"):
+        save(model, path)
+
+
+def test_corrupted_or_mismatched_model_files(tmp_path) -> None:
+    model = ShowerModel(CONFIGS["mlp"])
+    path = save(model, tmp_path / "m")
+    weights = path / "model.safetensors"
+    blob = bytearray(weights.read_bytes())
+    blob[-10] ^= 0xFF
+    weights.write_bytes(bytes(blob))
+    with pytest.raises(ModelFileError, match="sha256 .* does not match"):
+        load(path)
+
+    path = save(model, tmp_path / "m2")
+    with pytest.raises(ModelFileError, match="different detector"):
+        load(path, detector=Detector(response=Response(threshold=0.01)))
+
+    meta = json.loads((path / "model.json").read_text())
+    meta["config"]["generator_hidden"] = [16, 64]
+    (path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match="do not match the architecture"):
+        load(path)
+
+    meta["config"]["bogus"] = 1
+    (path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match=r"unknown key\(s\) \['bogus'\]"):
+        load(path)
+
+    (path / "model.json").write_text("{not json")
+    with pytest.raises(ModelFileError, match="not valid JSON"):
+        load(path)
+
+    with pytest.raises(ModelFileError, match="needs model.json and model.safetensors; found no such directory"):
+        load(tmp_path / "nowhere")
+
+
+def test_bad_model_config() -> None:
+    with pytest.raises(ValueError, match="kind must be 'mlp' or 'conv', got 'gru'"):
+        ModelConfig(kind="gru")
+    with pytest.raises(ValueError, match="latent_dim must be an integer >= 1, got 0"):
+        ModelConfig(latent_dim=0)

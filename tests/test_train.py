@@ -1,0 +1,149 @@
+"""Training: config loading, gradient penalty, a tiny real run that improves, resume, BCE baseline, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fastcalo import cli
+from fastcalo.model import load
+from fastcalo.train import gradient_penalty, load_config, train
+
+TINY = """
+data_dir = "{data_dir}"
+[data]
+n_per_particle = 300
+energy = [1.0, 10.0]
+seed = 3
+[monitor]
+points = [2.0, 6.0]
+n_per_point = 250
+seed = 1003
+[model]
+latent_dim = 8
+generator_hidden = [64, 128]
+critic_hidden = [128, 64]
+energy_hidden = [16]
+n_quantiles = 20
+[train]
+steps = {steps}
+eval_every = {eval_every}
+energy_steps = 200
+threads = 1
+loss = "{loss}"
+n_critic = {n_critic}
+"""
+
+
+def tiny_config(tmp_path: Path, data_dir: Path, *, steps: int = 200, eval_every: int = 100, loss: str = "wgan-gp", n_critic: int = 5) -> Path:
+    path = tmp_path / f"tiny-{loss}-{steps}.toml"
+    path.write_text(TINY.format(data_dir=data_dir, steps=steps, eval_every=eval_every, loss=loss, n_critic=n_critic))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("mc-data")
+
+
+def test_gradient_penalty_of_a_quadratic_critic() -> None:
+    """D(x) = |x|^2 / 2 has gradient x: at x_hat = real = fake the penalty is (|x| - 1)^2 exactly."""
+    x = torch.tensor([[3.0, 4.0], [0.0, 0.5], [1.0, 0.0]])
+    gp = gradient_penalty(lambda v: 0.5 * (v**2).sum(1), x, x.clone())
+    assert gp.item() == pytest.approx(((5 - 1) ** 2 + 0.5**2 + 0) / 3)
+
+
+def test_load_config_rejects_what_it_does_not_know(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nstepz = 3\n")
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['stepz'\] in \[train\]; valid keys are .*'steps'"):
+        load_config(bad)
+    bad.write_text("[trian]\nsteps = 3\n")
+    with pytest.raises(ValueError, match=r"unknown table\(s\) or key\(s\) \['trian'\]"):
+        load_config(bad)
+    bad.write_text("[train\n")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        load_config(bad)
+    with pytest.raises(ValueError, match="train.loss must be 'wgan-gp' or 'bce', got 'mse'"):
+        load_config(None, train={"loss": "mse"})
+
+
+def test_tiny_run_improves_the_monitor_and_shows_its_health(tmp_path: Path, data_dir: Path) -> None:
+    run = tmp_path / "run"
+    best = train(load_config(tiny_config(tmp_path, data_dir)), run, progress=False)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 100, 200]
+    # fixed monitor showers and fixed noise: the score's change is the model's, not sampling noise
+    assert evals[-1]["score"] < 0.9 * evals[0]["score"], [r["score"] for r in evals]
+    assert all(np.isfinite(r["wasserstein"]) for r in records if r["kind"] == "train")
+    for name in ("config.json", "losses.png", "monitor.png", "grids/step_0000000.png", "grids/step_0000200.png", "checkpoint.safetensors"):
+        assert (run / name).is_file(), name
+    model = load(best)
+    assert model.metadata["training"]["step"] == min((r for r in evals), key=lambda r: r["score"])["step"]  # type: ignore[attr-defined]
+    images = model.sample(energy=[3.0], eta=[0.2], pdgid=[22], impact_x=[5.0], impact_y=[5.0])
+    assert images.shape == (1, 24, 24) and 2.0 < images.sum() < 3.2
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        train(load_config(tiny_config(tmp_path, data_dir)), run, resume=False, progress=False)
+
+
+def test_resume_gives_the_same_model_as_an_uninterrupted_run(tmp_path: Path, data_dir: Path) -> None:
+    config = load_config(tiny_config(tmp_path, data_dir, steps=40, eval_every=20))
+    train(config, tmp_path / "straight", progress=False)
+    train(config, tmp_path / "resumed", progress=False, until=30)
+    assert not (tmp_path / "resumed" / "final").exists()
+    train(config, tmp_path / "resumed", progress=False)
+    a = load_file(str(tmp_path / "straight" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "final" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_bce_baseline_trains(tmp_path: Path, data_dir: Path) -> None:
+    run = tmp_path / "bce"
+    train(load_config(tiny_config(tmp_path, data_dir, steps=20, eval_every=20, loss="bce", n_critic=1)), run, progress=False)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == [0, 20]
+    assert all(np.isfinite(r["critic_loss"]) and r["critic_loss"] > 0 for r in rows if r["kind"] == "train")
+
+
+def test_cli_train_and_export(tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tiny_config(tmp_path, data_dir, steps=10, eval_every=10)
+    export = tmp_path / "exported"
+    argv = ["train", "--config", str(config), "--run-dir", str(tmp_path / "run"), "--export", str(export), "--no-progress"]
+    assert cli.main(argv) == 0
+    assert (export / "train.toml").read_text() == config.read_text()
+    assert load(export).sample(energy=[2.0], eta=[0.0], pdgid=[11], impact_x=[5.0], impact_y=[5.0]).shape == (1, 24, 24)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    assert "already exists (pass --overwrite" in capsys.readouterr().err
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model]\nkind = 'rnn'\n")
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--config", str(bad), "--run-dir", str(tmp_path / "r2")])
+    assert "kind must be 'mlp' or 'conv', got 'rnn'" in capsys.readouterr().err
+
+
+def test_data_parallel_with_two_gloo_processes(tmp_path: Path, data_dir: Path) -> None:
+    """torchrun, 2 CPU processes: gradients averaged over both, weights identical at the end."""
+    import subprocess
+    import sys
+
+    config = tiny_config(tmp_path, data_dir, steps=20, eval_every=10)
+    run = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "fastcalo", "train", "--config", str(config), "--run-dir", str(run), "--no-progress"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    processes = json.loads((run / "processes.json").read_text())
+    assert processes == {"processes": 2, "max_weight_difference": 0.0}
+    assert json.loads((run / "final" / "model.json").read_text())["training"]["processes"] == 2
+    evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
+    assert [r["step"] for r in evals] == [0, 10, 20]
