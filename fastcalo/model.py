@@ -79,7 +79,9 @@ class ModelConfig:
         critic_hidden: widths of the MLP critic's hidden layers.
         conv_channels: channels of the convolutional generator's widest layer (``kind="conv"``).
         energy_hidden: widths of the energy model's hidden layers.
-        n_quantiles: quantile levels of the energy model, (k + 0.5) / n_quantiles.
+        n_quantiles: quantile levels of the energy model: (k + 0.5) / n_quantiles, or, if
+            ``quantile_tail`` > 0, spaced uniformly in logit(tau) from ``quantile_tail`` to
+            1 - ``quantile_tail`` (denser in the tails, where the resolution's outliers live).
         negative_slope: of the LeakyReLU activations.
     """
 
@@ -90,6 +92,7 @@ class ModelConfig:
     conv_channels: int = 64
     energy_hidden: tuple[int, ...] = (64, 64)
     n_quantiles: int = 100
+    quantile_tail: float = 0.0
     negative_slope: float = 0.2
 
     def __post_init__(self) -> None:
@@ -107,6 +110,9 @@ class ModelConfig:
                 msg = f"ModelConfig.{name} must be positive integers, got {value!r}"
                 raise ValueError(msg)
             object.__setattr__(self, name, value)
+        if not 0.0 <= self.quantile_tail < 0.5 / self.n_quantiles:
+            msg = f"ModelConfig.quantile_tail must be in [0, 0.5 / n_quantiles), got {self.quantile_tail!r}"
+            raise ValueError(msg)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
@@ -248,7 +254,12 @@ class EnergyModel(nn.Module):
         super().__init__()
         self.n = config.n_quantiles
         self.net = _mlp([n_conditions, *config.energy_hidden, self.n + 1], config.negative_slope)
-        self.register_buffer("levels", (torch.arange(self.n, dtype=torch.float32) + 0.5) / self.n)
+        if config.quantile_tail > 0:  # logit-spaced: dense in the tails, down to quantile_tail
+            edge = math.log(config.quantile_tail / (1 - config.quantile_tail))
+            levels = torch.sigmoid(torch.linspace(edge, -edge, self.n, dtype=torch.float64)).float()
+        else:
+            levels = (torch.arange(self.n, dtype=torch.float32) + 0.5) / self.n
+        self.register_buffer("levels", levels)
 
     @torch.no_grad()
     def start_from(self, r_code: torch.Tensor) -> None:
@@ -279,18 +290,19 @@ class EnergyModel(nn.Module):
     def sample(self, c: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Standardised r at uniform variates ``u`` (N,) in (0, 1)."""
         q = self.quantiles(c)
-        n = self.n
-        pos = (u * n - 0.5).clamp(0.0, n - 1.0)
-        k = pos.floor().long().clamp(max=n - 2)
-        frac = (pos - k).unsqueeze(1)
-        inner = (torch.gather(q, 1, k[:, None]) * (1 - frac) + torch.gather(q, 1, k[:, None] + 1) * frac)[:, 0]
-        tau0 = 0.5 / n
-        slope_low = (q[:, 1] - q[:, 0]) * n
-        slope_high = (q[:, -1] - q[:, -2]) * n
+        levels = self.levels
+        k = (torch.searchsorted(levels, u.contiguous(), right=True) - 1).clamp(0, self.n - 2)
+        t0, t1 = levels[k], levels[k + 1]
+        frac = ((u - t0) / (t1 - t0)).clamp(0.0, 1.0)
+        q0, q1 = torch.gather(q, 1, k[:, None])[:, 0], torch.gather(q, 1, k[:, None] + 1)[:, 0]
+        inner = q0 * (1 - frac) + q1 * frac
+        tau_low, tau_high = levels[0], 1.0 - levels[-1]
+        slope_low = (q[:, 1] - q[:, 0]) / (levels[1] - levels[0])
+        slope_high = (q[:, -1] - q[:, -2]) / (levels[-1] - levels[-2])
         uc = u.clamp(1e-7, 1 - 1e-7)
-        low = q[:, 0] + slope_low * tau0 * torch.log(uc / tau0)
-        high = q[:, -1] - slope_high * tau0 * torch.log((1 - uc) / tau0)
-        return torch.where(u < tau0, low, torch.where(u > 1 - tau0, high, inner))
+        low = q[:, 0] + slope_low * tau_low * torch.log(uc / tau_low)
+        high = q[:, -1] - slope_high * tau_high * torch.log((1 - uc) / tau_high)
+        return torch.where(u < levels[0], low, torch.where(u > levels[-1], high, inner))
 
 
 class Generator(nn.Module):

@@ -195,7 +195,10 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
         >>> cfg.train.steps, cfg.train.gp_lambda, cfg.model.kind
         (10, 10.0, 'mlp')
     """
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11: the tomli backport (a dependency there)
+        import tomli as tomllib  # type: ignore[no-redef]
 
     values: dict[str, Any] = {}
     if path is not None:
@@ -601,10 +604,12 @@ def train(
         _plot_history(log_path, run_dir)
 
     if not info["energy_done"]:
-        model.energy.start_from(real.r_code[torch.randperm(len(real), generator=rng, device=device)[:200_000]])
+        # its own random stream: the energy model's settings do not change the GAN's batches
+        energy_rng = torch.Generator(device=device).manual_seed(tc.seed + 3 + 1000 * rank)
+        model.energy.start_from(real.r_code[torch.randperm(len(real), generator=energy_rng, device=device)[:200_000]])
         for step in tqdm(range(tc.energy_steps), desc="energy model", disable=not progress):
             optimizers["energy"].param_groups[0]["lr"] = cosine_lr(tc.energy_lr, step, tc.energy_steps)
-            c, _, r_code, _ = batch(tc.energy_batch)
+            c, _, r_code, _ = real.take(torch.randint(len(real), (tc.energy_batch,), generator=energy_rng, device=device))
             loss = model.energy.loss(c, r_code)
             step_with("energy", loss)
             if (step + 1) % 500 == 0:

@@ -168,3 +168,29 @@ def test_bad_model_config() -> None:
         ModelConfig(kind="gru")
     with pytest.raises(ValueError, match="latent_dim must be an integer >= 1, got 0"):
         ModelConfig(latent_dim=0)
+
+
+@pytest.mark.parametrize("tail", [0.0, 1e-3])
+def test_energy_sampling_from_exact_quantiles_reproduces_the_distribution(tail: float) -> None:
+    """Given the exact quantiles of a skewed distribution, interpolation plus exponential tails
+    reproduce its mean and standard deviation (for uniform and for logit-spaced levels)."""
+    from scipy import stats
+
+    energy = ShowerModel(ModelConfig(n_quantiles=50, quantile_tail=tail)).energy
+    gamma = stats.gamma(4.0)
+    exact = -(gamma.ppf(1.0 - energy.levels.double().numpy()) - 4.0) / 2.0  # r = -(G - 4) / 2: a low tail
+    energy.quantiles = lambda c: torch.as_tensor(exact, dtype=torch.float32).expand(c.shape[0], -1)  # type: ignore[method-assign]
+    drawn = energy.sample(torch.zeros(400_000, 7), torch.rand(400_000, generator=torch.Generator().manual_seed(2)))
+    assert float(drawn.mean()) == pytest.approx(0.0, abs=0.01)
+    assert float(drawn.std()) == pytest.approx(1.0, rel=0.02)  # Gamma(4) has sigma 2, halved
+    assert float(drawn.min()) < -(gamma.ppf(1 - 1e-4) - 4.0) / 2.0 * 0.95  # the tail reaches beyond the outer level
+
+
+def test_quantile_levels() -> None:
+    uniform = ShowerModel(ModelConfig(n_quantiles=4)).energy.levels.tolist()
+    assert uniform == [0.125, 0.375, 0.625, 0.875]
+    logit = ShowerModel(ModelConfig(n_quantiles=5, quantile_tail=1e-3)).energy.levels
+    assert float(logit[0]) == pytest.approx(1e-3) and float(logit[-1]) == pytest.approx(1 - 1e-3)
+    assert float(logit[2]) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match=r"quantile_tail must be in \[0, 0.5 / n_quantiles\)"):
+        ModelConfig(n_quantiles=100, quantile_tail=0.01)
