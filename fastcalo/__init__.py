@@ -10,11 +10,11 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> object:
-    # fastcalo.validation pulls in hist and matplotlib: imported on first use only
-    if name == "validation":
+    # fastcalo.validation pulls in hist and matplotlib, model and train pull in torch: on first use only
+    if name in ("model", "train", "validation"):
         import importlib
 
-        return importlib.import_module(".validation", __name__)
+        return importlib.import_module(f".{name}", __name__)
     msg = f"module 'fastcalo' has no attribute {name!r}"
     raise AttributeError(msg)
 
@@ -26,5 +26,7 @@ __all__ = (
     "datasets",
     "detector",
     "mc",
+    "model",
+    "train",
     "validation",
 )

@@ -84,8 +84,6 @@ def _mc(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    import shutil
-
     from . import train
     from .model import load, save
 
@@ -102,9 +100,10 @@ def _train(args: argparse.Namespace) -> int:
     best = train.train(config, run_dir, resume=not args.fresh_only, progress=not args.no_progress)
     log.info("kept model (lowest monitor score): %s", best)
     if args.export is not None:
+        config_text = args.config.read_bytes()  # read first: --export may be the config's own directory
         model = load(best)
         save(model, args.export, training=model.metadata["training"], overwrite=True)  # type: ignore[attr-defined]
-        shutil.copyfile(args.config, args.export / "train.toml")
+        (args.export / "train.toml").write_bytes(config_text)
         log.info("exported %s to %s", best, args.export)
     return 0
 

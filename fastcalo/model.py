@@ -82,6 +82,9 @@ class ModelConfig:
         n_quantiles: quantile levels of the energy model: (k + 0.5) / n_quantiles, or, if
             ``quantile_tail`` > 0, spaced uniformly in logit(tau) from ``quantile_tail`` to
             1 - ``quantile_tail`` (denser in the tails, where the resolution's outliers live).
+        cell_noise: add the detector's Gaussian electronic noise (``Response.noise`` per cell) to
+            the generated deposit before zero suppression, as the MC does: the generator learns the
+            deposit, the known noise makes the isolated hits beyond the shower.
         negative_slope: of the LeakyReLU activations.
     """
 
@@ -93,6 +96,7 @@ class ModelConfig:
     energy_hidden: tuple[int, ...] = (64, 64)
     n_quantiles: int = 100
     quantile_tail: float = 0.0
+    cell_noise: bool = False
     negative_slope: float = 0.2
 
     def __post_init__(self) -> None:
@@ -395,21 +399,45 @@ class ShowerModel(nn.Module):
         self.generator = Generator(config, n_c, detector.n_cells)
         self.critic = Critic(config, n_c, detector.n_cells)
 
-    def cells(self, z: torch.Tensor, c: torch.Tensor, r_code: torch.Tensor, e_inc: torch.Tensor, *, soft: bool) -> torch.Tensor:
-        """Generated cell energies (N, 576) in GeV: the softmax shape times E_dep = r E_inc, zero
-        suppressed (soft or hard), then rescaled so that the cells sum to E_dep exactly (the energy
-        model owns the total; the scale factor is >= 1, so no kept cell drops below threshold)."""
+    def cells(
+        self,
+        z: torch.Tensor,
+        c: torch.Tensor,
+        r_code: torch.Tensor,
+        e_inc: torch.Tensor,
+        *,
+        soft: bool,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Generated cell energies (N, 576) in GeV: the softmax shape times E_dep = r E_inc (plus the
+        electronic noise, standard normals ``noise`` (N, 576) times ``Response.noise``, if
+        ``config.cell_noise``), zero suppressed (soft or hard), then rescaled so that the cells sum
+        to E_dep exactly (the energy model owns the total; without cell noise the scale factor is
+        >= 1, so no kept cell drops below threshold; with it, cells pushed below are suppressed
+        again, which loses at most a few threshold-sized cells)."""
         shape = torch.softmax(self.generator(z, c, r_code), dim=1)
         total = (self.preprocessing.decode_r(r_code).clamp_min(0.0) * e_inc)[:, None]
-        kept = self.preprocessing.zero_suppress(shape * total, soft=soft)
-        return kept * (total / kept.sum(dim=1, keepdim=True).clamp_min(1e-12))
+        deposit = shape * total
+        if self.config.cell_noise:
+            if noise is None:
+                msg = "this model adds cell noise (config.cell_noise): pass noise, standard normals of shape (N, n_cells)"
+                raise ValueError(msg)
+            deposit = (deposit + self.detector.response.noise * noise).clamp_min(0.0)
+        kept = self.preprocessing.zero_suppress(deposit, soft=soft)
+        scaled = kept * (total / kept.sum(dim=1, keepdim=True).clamp_min(1e-12))
+        if self.config.cell_noise and not soft:  # noise can make the factor < 1: re-apply the threshold
+            scaled = self.preprocessing.zero_suppress(scaled)
+        return scaled
 
     @torch.no_grad()
-    def generate(self, c: torch.Tensor, e_inc: torch.Tensor, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """Showers (N, 576) in GeV from encoded conditions, incident energies (GeV), noise and
-        uniform variates ``u`` (N,) for the energy model; deterministic given its inputs."""
+    def generate(
+        self, c: torch.Tensor, e_inc: torch.Tensor, z: torch.Tensor, u: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Showers (N, 576) in GeV from encoded conditions, incident energies (GeV), latent noise,
+        uniform variates ``u`` (N,) for the energy model and (if ``config.cell_noise``) standard
+        normal cell noise (N, 576); deterministic given its inputs."""
         r_code = self.energy.sample(c, u)
-        return self.cells(z, c, r_code, e_inc, soft=False)
+        return self.cells(z, c, r_code, e_inc, soft=False, noise=noise)
 
     def sample(
         self,
@@ -427,11 +455,12 @@ class ShowerModel(nn.Module):
         gen = torch.Generator().manual_seed(seed)
         z = torch.randn((n, self.config.latent_dim), generator=gen)
         u = torch.rand((n,), generator=gen)
+        noise = torch.randn((n, self.detector.n_total_cells), generator=gen) if self.config.cell_noise else None
         e_inc = torch.as_tensor(np.asarray(energy, dtype=np.float32))
         was_training = self.training
         self.eval()
         try:
-            out = self.generate(c, e_inc, z, u)
+            out = self.generate(c, e_inc, z, u, noise)
         finally:
             self.train(was_training)
         side = self.detector.n_cells

@@ -285,8 +285,13 @@ def gradient_penalty(critic: Any, real: torch.Tensor, fake: torch.Tensor, *args:
     return ((grad.norm(2, dim=1) - 1.0) ** 2).mean()
 
 
-def _generate(model: ShowerModel, data: _Batchable, z: torch.Tensor, u: torch.Tensor, batch: int = 8192) -> np.ndarray:
-    out = [model.generate(data.c[s : s + batch], data.e[s : s + batch], z[s : s + batch], u[s : s + batch]) for s in range(0, len(data), batch)]
+def _generate(
+    model: ShowerModel, data: _Batchable, z: torch.Tensor, u: torch.Tensor, noise: torch.Tensor | None, batch: int = 8192
+) -> np.ndarray:
+    out = [
+        model.generate(data.c[s : s + batch], data.e[s : s + batch], z[s : s + batch], u[s : s + batch], None if noise is None else noise[s : s + batch])
+        for s in range(0, len(data), batch)
+    ]
     return torch.cat(out).cpu().numpy()
 
 
@@ -546,6 +551,7 @@ def train(
     fixed = torch.Generator(device=device).manual_seed(tc.seed + 2)
     z_fixed = torch.randn((len(held), config.model.latent_dim), generator=fixed, device=device)
     u_fixed = torch.rand((len(held),), generator=fixed, device=device)
+    cells_fixed = torch.randn((len(held), detector.n_total_cells), generator=fixed, device=device) if config.model.cell_noise else None
 
     optimizers = {
         "generator": torch.optim.Adam(model.generator.parameters(), lr=tc.lr, betas=tc.betas),
@@ -588,11 +594,16 @@ def train(
     def batch(n: int) -> tuple[torch.Tensor, ...]:
         return real.take(torch.randint(len(real), (n,), generator=rng, device=device))
 
+    def cell_noise(n: int) -> torch.Tensor | None:
+        if not config.model.cell_noise:
+            return None
+        return torch.randn((n, detector.n_total_cells), generator=rng, device=device)
+
     def run_eval(done: int) -> None:
         if not lead:
             return
         model.eval()
-        generated = _generate(model, held, z_fixed, u_fixed)
+        generated = _generate(model, held, z_fixed, u_fixed, cells_fixed)
         gen_data = dataclasses.replace(monitor_data, images=generated.reshape(-1, detector.n_cells, detector.n_cells))
         metrics = evaluate(monitor_data, gen_data)
         log({"step": done, "kind": "eval", **metrics, "seconds": time.perf_counter() - started})
@@ -631,7 +642,7 @@ def train(
             c, e, r_code, x = batch(tc.batch_size)
             z = torch.randn((tc.batch_size, latent), generator=rng, device=device)
             with torch.no_grad():
-                fake = model.preprocessing.to_network(model.cells(z, c, r_code, e, soft=True))
+                fake = model.preprocessing.to_network(model.cells(z, c, r_code, e, soft=True, noise=cell_noise(tc.batch_size)))
             d_real, d_fake = model.critic(x, c, r_code), model.critic(fake, c, r_code)
             if tc.loss == "wgan-gp":
                 gp = gradient_penalty(model.critic, x, fake, c, r_code, generator=rng)
@@ -645,7 +656,8 @@ def train(
 
         c, e, r_code, _ = batch(tc.batch_size)
         z = torch.randn((tc.batch_size, latent), generator=rng, device=device)
-        d_gen = model.critic(model.preprocessing.to_network(model.cells(z, c, r_code, e, soft=True)), c, r_code)
+        fake = model.cells(z, c, r_code, e, soft=True, noise=cell_noise(tc.batch_size))
+        d_gen = model.critic(model.preprocessing.to_network(fake), c, r_code)
         loss_g = -d_gen.mean() if tc.loss == "wgan-gp" else bce(d_gen, torch.ones_like(d_gen))
         step_with("generator", loss_g)
         sums["generator_loss"] = sums.get("generator_loss", 0.0) + loss_g.item()

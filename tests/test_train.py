@@ -30,6 +30,7 @@ generator_hidden = [64, 128]
 critic_hidden = [128, 64]
 energy_hidden = [16]
 n_quantiles = 20
+cell_noise = {cell_noise}
 [train]
 steps = {steps}
 eval_every = {eval_every}
@@ -40,9 +41,12 @@ n_critic = {n_critic}
 """
 
 
-def tiny_config(tmp_path: Path, data_dir: Path, *, steps: int = 200, eval_every: int = 100, loss: str = "wgan-gp", n_critic: int = 5) -> Path:
-    path = tmp_path / f"tiny-{loss}-{steps}.toml"
-    path.write_text(TINY.format(data_dir=data_dir, steps=steps, eval_every=eval_every, loss=loss, n_critic=n_critic))
+def tiny_config(
+    tmp_path: Path, data_dir: Path, *, steps: int = 200, eval_every: int = 100, loss: str = "wgan-gp", n_critic: int = 5, cell_noise: bool = False
+) -> Path:
+    path = tmp_path / f"tiny-{loss}-{steps}-{cell_noise}.toml"
+    text = TINY.format(data_dir=data_dir, steps=steps, eval_every=eval_every, loss=loss, n_critic=n_critic, cell_noise=str(cell_noise).lower())
+    path.write_text(text)
     return path
 
 
@@ -147,3 +151,15 @@ def test_data_parallel_with_two_gloo_processes(tmp_path: Path, data_dir: Path) -
     assert json.loads((run / "final" / "model.json").read_text())["training"]["processes"] == 2
     evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
     assert [r["step"] for r in evals] == [0, 10, 20]
+
+
+def test_training_with_cell_noise(tmp_path: Path, data_dir: Path) -> None:
+    """The detector's noise added to generated deposits: training runs and its showers carry hits."""
+    run = tmp_path / "noise"
+    best = train(load_config(tiny_config(tmp_path, data_dir, steps=20, eval_every=20, cell_noise=True)), run, progress=False)
+    model = load(best)
+    assert model.config.cell_noise
+    images = model.sample(energy=np.full(200, 2.0), eta=np.zeros(200), pdgid=np.full(200, 22), impact_x=np.full(200, 5.0), impact_y=np.full(200, 5.0))
+    border = np.concatenate([images[:, :3].reshape(200, -1), images[:, -3:].reshape(200, -1)], axis=1)
+    assert np.count_nonzero(border) > 0  # noise hits far from the shower, as in the MC
+    assert images[images > 0].min() >= model.preprocessing.threshold
