@@ -500,10 +500,14 @@ def save(
         raise FileExistsError(msg)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a model directory is as shareable as any other
     try:
         weights = tmp / "model.safetensors"
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(weights))
+        weights.chmod(0o666 & ~umask)
         meta = {
             "format": _FORMAT,
             "format_version": _FORMAT_VERSION,
