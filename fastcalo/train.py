@@ -354,20 +354,22 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _setup_processes(device_name: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device); joins the process group when launched by torchrun."""
+def _setup_processes(device_name: str) -> tuple[int, int, torch.device, bool]:
+    """(rank, world size, device, whether this call started the process group); joins the
+    process group when launched by torchrun."""
     import torch.distributed as dist
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        return 0, 1, _device(device_name)
+        return 0, 1, _device(device_name), False
     device = _device(device_name)
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
+    started = not dist.is_initialized()
+    if started:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), world, device
+    return dist.get_rank(), world, device, started
 
 
 def _barrier(world: int) -> None:
@@ -509,7 +511,7 @@ def train(
     from .model import Preprocessing, save
 
     tc = config.train
-    rank, world, device = _setup_processes(tc.device)
+    rank, world, device, owns_group = _setup_processes(tc.device)
     lead = rank == 0
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
@@ -686,6 +688,11 @@ def train(
         save(model, run_dir / "final", training=dict(wanted, step=tc.steps, processes=world), overwrite=True)
     if world > 1:
         _check_in_sync(model, run_dir, lead)
+        if owns_group:  # leave no communication threads behind at interpreter exit
+            import torch.distributed as dist
+
+            dist.barrier()
+            dist.destroy_process_group()
     return run_dir / "best"
 
 
