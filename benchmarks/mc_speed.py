@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -26,18 +25,9 @@ import numba
 import numpy as np
 
 from fastcalo import mc
+from _machine import cpu_model  # benchmarks/_machine.py, beside this script
 
 ENERGIES = (1.0, 10.0, 50.0, 100.0)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def time_point(energy: float, particle: str, n: int, threads: int, seed: int) -> float:
@@ -97,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "mc_speed",
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores_visible": os.cpu_count(),
         "threads": all_threads,
         "mc_config": mc.MCConfig().__dict__,

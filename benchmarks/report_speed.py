@@ -27,19 +27,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from _machine import cpu_model  # benchmarks/_machine.py, beside this script
 
 ENERGY = (1.0, 20.0)  # GeV, log-uniform
 SEEDS = (101, 102)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _generate(path: str, n: int, seed: int) -> None:
@@ -123,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "label": args.label,
         "machine": {
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "cpu_count": os.cpu_count(),
             "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
             "platform": platform.platform(),

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _machine import cpu_model  # benchmarks/_machine.py, beside this script
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -119,7 +121,7 @@ def main() -> None:
     best = max(rows, key=lambda r: r["showers_per_s"])
     result = {
         "label": args.label,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
