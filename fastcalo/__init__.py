@@ -10,11 +10,14 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> object:
-    # fastcalo.validation pulls in hist and matplotlib, model and train pull in torch: on first use only
-    if name in ("model", "train", "validation"):
-        import importlib
+    # fastcalo.validation pulls in hist and matplotlib, model, train and simulator pull in torch,
+    # particles pulls in vector and particle: imported on first use only
+    import importlib
 
+    if name in ("model", "particles", "simulator", "train", "validation"):
         return importlib.import_module(f".{name}", __name__)
+    if name == "Simulator":
+        return importlib.import_module(".simulator", __name__).Simulator
     msg = f"module 'fastcalo' has no attribute {name!r}"
     raise AttributeError(msg)
 
@@ -22,11 +25,14 @@ __all__ = (
     "DEFAULT_DETECTOR",
     "Detector",
     "ShowerData",
+    "Simulator",
     "__version__",
     "datasets",
     "detector",
     "mc",
     "model",
+    "particles",
+    "simulator",
     "train",
     "validation",
 )

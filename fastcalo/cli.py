@@ -52,6 +52,7 @@ def parse_span(text: str, what: str) -> tuple[float, float] | list[float]:
 
 def _mc(args: argparse.Namespace) -> int:
     import numba
+    import numpy as np
 
     from . import mc
 
@@ -64,7 +65,21 @@ def _mc(args: argparse.Namespace) -> int:
             msg = f"--eta: expected LOW:HIGH or one value, got {args.eta!r}"
             raise ValueError(msg)
         eta = (eta[0], eta[0])
-    if isinstance(energy, tuple):
+    if args.like is not None:
+        from . import datasets
+
+        if args.n is not None:
+            msg = "--n: not with --like (the showers follow the particles of the --like file)"
+            raise ValueError(msg)
+        data = [(c, getattr(part, c)) for part in datasets.iterate(args.like, step_size=100_000) for c in datasets.CONDITION_COLUMNS]
+        conditions = {c: np.concatenate([v for name, v in data if name == c]) for c in datasets.CONDITION_COLUMNS}
+        if conditions["energy"].size == 0:
+            msg = f"--like {args.like}: the file holds no showers"
+            raise ValueError(msg)
+    elif args.n is None:
+        msg = "--n is required (or --like FILE)"
+        raise ValueError(msg)
+    elif isinstance(energy, tuple):
         conditions = mc.sample_conditions(
             args.n, energy=energy, eta=eta, particle=args.particle, log_uniform=args.log_uniform, seed=args.seed
         )
@@ -108,6 +123,87 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate(args: argparse.Namespace) -> int:
+    from .simulator import Simulator
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.workers is not None and args.scheduler is not None:
+        msg = "--workers and --scheduler: give one (a local cluster of N workers, or an existing scheduler)"
+        raise ValueError(msg)
+    branches = dict(_key_value(item, "--branch") for item in args.branch) if args.branch else None
+    copy: bool | list[str] = False
+    if args.copy_branches is not None:
+        copy = True if args.copy_branches == [] else list(args.copy_branches)
+    sim = Simulator(
+        args.model,
+        device=args.device,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        dtype=args.dtype,
+        out_of_range=args.out_of_range,
+    )
+    client = _dask_client(args.workers, args.scheduler, args.threads or 1)
+    try:
+        sim.run_file(
+            args.input,
+            args.output,
+            tree=args.tree,
+            collection=args.collection,
+            preset=args.preset,
+            branches=branches,
+            particle=args.particle,
+            step_size=args.step_size,
+            copy_branches=copy,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            client=client,
+        )
+    finally:
+        if client is not None:
+            cluster = client.cluster
+            client.close()
+            if cluster is not None and args.scheduler is None:
+                cluster.close()
+    log.info("wrote %s", args.output)
+    return 0
+
+
+def _dask_client(workers: int | None, scheduler: str | None, threads: int) -> object:
+    if workers is None and scheduler is None:
+        return None
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError as err:
+        msg = "--workers/--scheduler need dask.distributed: pip install 'fastcalo[dask]'"
+        raise ValueError(msg) from err
+    if scheduler is not None:
+        return Client(scheduler)
+    if workers is not None and workers <= 0:
+        msg = f"--workers must be > 0, got {workers}"
+        raise ValueError(msg)
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, dashboard_address=None)
+    return Client(cluster)
+
+
+def _key_value(item: str, option: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key or not value:
+        msg = f"{option}: expected FIELD=BRANCH (e.g. pt=ph_pt), got {item!r}"
+        raise ValueError(msg)
+    return key, value
+
+
+def _events(args: argparse.Namespace) -> int:
+    from . import particles
+
+    path = particles.write_example(args.output, n_events=args.n_events, seed=args.seed, overwrite=args.overwrite)
+    log.info("wrote %d NanoAOD-style events to %s", args.n_events, path)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastcalo", description="Fast calorimeter shower simulation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,7 +220,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-uniform", action="store_true", help="sample the energy range uniformly in log(E)")
     p.add_argument("--eta", default="0", help="LOW:HIGH (uniform) or one value (default 0)")
-    p.add_argument("--n", type=int, required=True, help="showers in all, or per energy point")
+    p.add_argument("--n", type=int, default=None, help="showers in all, or per energy point")
+    p.add_argument(
+        "--like",
+        type=Path,
+        default=None,
+        help="simulate exactly the particles (energy, eta, phi, pdgid, impact point) of this shower file, "
+        "e.g. the output of 'fastcalo simulate', instead of --energy/--eta/--particle/--n",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("-o", "--output", type=Path, required=True, help="output file, .root or .h5")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
@@ -132,6 +235,55 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=2000, help="showers per chunk in memory (default 2000)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_mc)
+
+    p = sub.add_parser(
+        "simulate",
+        help="simulate the showers of every particle in a ROOT file with a trained model",
+        description="Read particle kinematics from a ROOT TTree (NanoAOD, Delphes, flat trees or an explicit "
+        "branch mapping; docs/particles.md), generate one shower per particle and write them by event, "
+        "atomically, to ROOT or HDF5 (docs/user-guide.md).",
+        epilog="example: fastcalo simulate events.root -o showers.root --collection Photon",
+    )
+    p.add_argument("input", type=Path, help="input ROOT file")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output file, .root or .h5")
+    p.add_argument("--tree", default=None, help="input TTree (default: the only one in the file)")
+    p.add_argument("--collection", default=None, help="particle collection, e.g. Photon, Electron, GenPart")
+    p.add_argument("--preset", default="auto", help="auto (default), nanoaod, delphes or flat")
+    p.add_argument(
+        "--branch", action="append", default=None, metavar="FIELD=BRANCH", help="explicit branch mapping, repeatable"
+    )
+    p.add_argument("--particle", default=None, help="particle type where the input does not say it")
+    p.add_argument("--model", default="default", help="model directory (default: the shipped model)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--batch-size", type=int, default=None, help="particles per generator call")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--dtype", default="float32", help="float32 (default), float16 or bfloat16")
+    p.add_argument(
+        "--out-of-range", default="error", choices=("error", "clip", "skip"), help="particles outside the model's ranges"
+    )
+    p.add_argument("--step-size", type=int, default=100_000, help="input events per chunk (default 100000)")
+    p.add_argument(
+        "--copy-branches", nargs="*", default=None, metavar="BRANCH", help="copy input branches (all if none named)"
+    )
+    p.add_argument("--workers", type=int, default=None, help="simulate on a local dask.distributed cluster of N workers")
+    p.add_argument("--scheduler", default=None, help="simulate on an existing dask.distributed scheduler (ADDRESS)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per process/worker (default: all cores)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_simulate)
+
+    p = sub.add_parser(
+        "events",
+        help="write an example NanoAOD-style input file (photons and electrons)",
+        description="Write a NanoAOD-style ROOT file (tree Events: nPhoton, Photon_pt/eta/phi/mass, nElectron, "
+        "Electron_pt/eta/phi/mass/charge/pdgId, ...) with photons and electrons of 1-100 GeV, |eta| < 1.4.",
+        epilog="example: fastcalo events -o events.root --n-events 1000 --seed 1",
+    )
+    p.add_argument("-o", "--output", type=Path, required=True, help="output ROOT file")
+    p.add_argument("--n-events", type=int, default=1000, help="events (default 1000)")
+    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.set_defaults(func=_events)
 
     p = sub.add_parser(
         "train",

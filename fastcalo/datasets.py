@@ -12,6 +12,14 @@ On disk, chosen by the file extension:
   ``showers`` (N, 576) in MeV, plus ``eta``, ``phi``, ``pdgid``, ``impact_x``, ``impact_y``
   (N,) and the same metadata as attributes of the file.
 
+Event-structured files (written by :class:`EventWriter`, e.g. by ``fastcalo simulate``) keep the
+showers of each input event together: a ROOT TTree named like the input's (``Events``) with one
+entry per event, the counter ``n<C>`` and jagged branches ``<C>_energy``, ``<C>_eta``, ``<C>_phi``,
+``<C>_pdgid``, ``<C>_impact_x``, ``<C>_impact_y`` and ``<C>_image`` (576 float32 cells per
+particle, row-major; its own counter ``n<C>_image`` = 576 n<C>), ``<C>`` the collection; or, in
+HDF5, the layout above plus ``event``, the input entry of every shower. :func:`iterate` and
+:func:`read` read both as flat shower datasets.
+
 Writes go to a temporary file beside the target and are renamed into place at the end, so a
 failed or interrupted write never leaves a partial file under the target name.
 
@@ -40,6 +48,7 @@ from .detector import DEFAULT_DETECTOR, PARTICLES, Detector
 
 __all__ = (
     "CONDITION_COLUMNS",
+    "EventWriter",
     "ShowerData",
     "ShowerWriter",
     "atomic_path",
@@ -252,8 +261,8 @@ class ShowerWriter:
                     self._file.create_dataset(c, (0,), maxshape=(None,), dtype="i4" if c == "pdgid" else "f8", chunks=(4096,))
         return self
 
-    def write(self, data: ShowerData) -> None:
-        """Append a chunk of showers."""
+    def write(self, data: ShowerData, *, event: np.ndarray | None = None) -> None:
+        """Append a chunk of showers (HDF5 only: ``event``, the input entry of each shower)."""
         if self._file is None:
             msg = "ShowerWriter.write called outside its 'with' block"
             raise RuntimeError(msg)
@@ -276,6 +285,17 @@ class ShowerWriter:
             for c in CONDITION_COLUMNS:
                 if c != "energy":
                     f[c][start:] = getattr(data, c)
+            if event is not None:
+                if "event" not in f:
+                    if start:
+                        msg = f"{self.path}: 'event' must be given with every chunk or with none"
+                        raise ValueError(msg)
+                    f.create_dataset("event", (0,), maxshape=(None,), dtype="i8", chunks=(4096,))
+                f["event"].resize(start + n, axis=0)
+                f["event"][start:] = np.asarray(event, dtype=np.int64)
+        if event is not None and self._kind == "root":
+            msg = f"{self.path}: a flat ROOT shower file has no 'event' column (use EventWriter)"
+            raise ValueError(msg)
         self.n_written += n
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
@@ -285,6 +305,140 @@ class ShowerWriter:
         finally:
             self._file = None
             self._atomic.__exit__(exc_type, exc, tb)  # type: ignore[arg-type]
+
+
+class EventWriter:
+    """Write showers grouped by input event, chunk by chunk, atomically (a context manager).
+
+    ``.root``: a TTree ``tree`` with one entry per event (the layout in the module docstring),
+    optionally with other per-event branches copied through (``extra`` in :meth:`write`: an
+    awkward record array of the chunk's events; jagged fields ``X_y`` sharing their counts are
+    grouped under one counter ``nX``, as in NanoAOD). ``.h5``: the flat HDF5 layout plus ``event``.
+
+    Example:
+        >>> import tempfile, pathlib, numpy as np, fastcalo.datasets as ds
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "events.root"
+        >>> chunk = ds.ShowerData.from_arrays(energy=[5.0, 7.0, 9.0], eta=[0, 0, 0], phi=[0, 0, 0], pdgid=[22] * 3,
+        ...                                   impact_x=[1] * 3, impact_y=[3] * 3, images=np.ones((3, 24, 24)))
+        >>> with ds.EventWriter(path, tree="Events", collection="Photon") as out:
+        ...     out.write(chunk, counts=np.array([2, 0, 1]), first_event=0)
+        >>> data = ds.read(path)
+        >>> len(data), data.energy.tolist()
+        (3, [5.0, 7.0, 9.0])
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        tree: str = "Events",
+        collection: str = "particles",
+        overwrite: bool = False,
+        detector: Detector = DEFAULT_DETECTOR,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self._kind = _kind(self.path)
+        self.tree_name = tree
+        self.collection = collection
+        meta = {**(metadata or {}), "layout": "events", "tree": tree, "collection": collection}
+        self._flat = ShowerWriter(path, overwrite=overwrite, detector=detector, metadata=meta) if self._kind == "hdf5" else None
+        self._overwrite = overwrite
+        self._meta = _metadata(self._kind, detector, meta)
+        self._n_cells = detector.n_total_cells
+        self._atomic: contextlib.AbstractContextManager[Path] | None = None
+        self._file: Any = None
+        self._tree: Any = None
+        self.n_events = 0
+        self.n_written = 0
+
+    def __enter__(self) -> EventWriter:
+        if self._flat is not None:
+            self._flat.__enter__()
+            return self
+        import uproot
+
+        self._atomic = atomic_path(self.path, overwrite=self._overwrite)
+        tmp = self._atomic.__enter__()
+        self._file = uproot.recreate(tmp)
+        self._file[_META] = json.dumps(self._meta)
+        return self
+
+    def write(self, data: ShowerData, *, counts: np.ndarray, first_event: int, extra: Any = None) -> None:
+        """Append the showers of ``len(counts)`` consecutive events starting at input entry
+        ``first_event``; ``counts`` are the showers per event (summing to ``len(data)``)."""
+        counts = np.asarray(counts, dtype=np.int64)
+        if counts.ndim != 1 or int(counts.sum()) != len(data) or (counts < 0).any():
+            msg = f"{self.path}: counts (sum {int(counts.sum())}) must be >= 0 and sum to the {len(data)} showers given"
+            raise ValueError(msg)
+        if self._flat is not None:
+            if extra is not None:
+                msg = f"{self.path}: copying input branches needs ROOT output (.root), not HDF5"
+                raise ValueError(msg)
+            self._flat.write(data, event=np.repeat(np.arange(first_event, first_event + len(counts)), counts))
+        else:
+            self._write_root(data, counts, extra)
+        self.n_events += len(counts)
+        self.n_written += len(data)
+
+    def _write_root(self, data: ShowerData, counts: np.ndarray, extra: Any) -> None:
+        import awkward as ak
+
+        if self._file is None:
+            msg = "EventWriter.write called outside its 'with' block"
+            raise RuntimeError(msg)
+        name = self.collection
+        columns = {_ROOT_NAMES.get(c, c).replace("incident_", ""): getattr(data, c) for c in CONDITION_COLUMNS}
+        arrays: dict[str, Any] = {name: ak.unflatten(ak.zip(columns), counts)}
+        flat = data.images.reshape(len(data), -1).astype(np.float32, copy=False).reshape(-1)
+        arrays[f"{name}_image"] = ak.unflatten(flat, counts * self._n_cells)
+        if extra is not None:
+            arrays.update(_group_branches(extra, reserved={name, f"n{name}", f"{name}_image", f"n{name}_image"}))
+        if self._tree is None:
+            types = {key: (value.type.content if isinstance(value, ak.Array) else value.dtype) for key, value in arrays.items()}
+            self._tree = self._file.mktree(self.tree_name, types, title="fastcalo showers by event (GeV, mm)")
+        self._tree.extend(arrays)
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if self._flat is not None:
+            self._flat.__exit__(exc_type, exc, tb)
+            return
+        assert self._atomic is not None
+        try:
+            if self._tree is None and exc_type is None:  # no events at all: still a valid, empty tree
+                self._file.mktree(self.tree_name, {f"n{self.collection}": np.int64})
+            self._file.close()
+        finally:
+            self._file = None
+            self._atomic.__exit__(exc_type, exc, tb)  # type: ignore[arg-type]
+
+
+def _group_branches(extra: Any, *, reserved: set[str]) -> dict[str, Any]:
+    """Per-event input branches to copy: jagged ``X_y`` fields with equal counts grouped under ``X``."""
+    import awkward as ak
+
+    out: dict[str, Any] = {}
+    groups: dict[str, dict[str, Any]] = {}
+    for field in ak.fields(extra):
+        if field in reserved:
+            continue
+        values = extra[field]
+        if values.ndim == 1:
+            out[field] = ak.to_numpy(values)
+            continue
+        prefix, _, rest = field.partition("_")
+        if rest and prefix not in reserved:
+            groups.setdefault(prefix, {})[rest] = values
+        else:
+            out[field] = values
+    for prefix, members in groups.items():
+        counts = [ak.to_numpy(ak.num(v, axis=1)) for v in members.values()]
+        if all(np.array_equal(counts[0], c) for c in counts[1:]) and all(v.ndim == 2 for v in members.values()):
+            out[prefix] = ak.zip(members)
+            out.pop(f"n{prefix}", None)
+        else:
+            out.update({f"{prefix}_{rest}": v for rest, v in members.items()})
+    return {k: v for k, v in out.items() if not (k.startswith("n") and k[1:] in out)}
 
 
 def write(
@@ -336,6 +490,58 @@ def _open_hdf5(path: Path) -> tuple[Any, int, float]:
     return f, n, scale
 
 
+def _root_meta(f: Any, path: Path) -> dict[str, Any]:
+    if _META not in f:
+        return {}
+    meta = dict(json.loads(str(f[_META])))
+    units = meta.get("units", {})
+    declared = {key: units.get(key, "GeV") for key in ("images", "energy")}
+    if set(declared.values()) != {"GeV"}:
+        msg = f"{path}: ROOT shower files hold GeV, but the file declares {declared}"
+        f.close()
+        raise ValueError(msg)
+    return meta
+
+
+def _iterate_events(
+    path: Path, step_size: int, detector: Detector | None, entry_start: int, entry_stop: int | None
+) -> Iterator[ShowerData]:
+    """The showers of an event-structured ROOT file, flattened (entries count showers)."""
+    import awkward as ak
+    import uproot
+
+    with uproot.open(path) as f:
+        meta = _root_meta(f, path)
+        name, c = meta["tree"], meta["collection"]
+        tree = f[name]
+        columns = {col: f"{c}_{_ROOT_NAMES.get(col, col).replace('incident_', '')}" for col in CONDITION_COLUMNS}
+        missing = [b for b in [*columns.values(), f"{c}_image"] if b not in tree]
+        if missing and tree.num_entries:
+            msg = f"{path}: tree {name!r} is missing branch(es) {missing}; it has {list(tree.keys())}"
+            raise KeyError(msg)
+        if detector is not None:
+            _check_cells(path, int(meta.get("detector", {}).get("n_cells", detector.n_cells)) ** 2, detector)
+        seen = 0
+        for arrays in tree.iterate([*columns.values(), f"{c}_image"], step_size=step_size, library="ak") if not missing else ():
+            n = int(ak.sum(ak.num(arrays[columns["energy"]], axis=1)))
+            lo, hi = max(entry_start - seen, 0), n if entry_stop is None else min(entry_stop - seen, n)
+            seen += n
+            if hi <= lo:
+                if entry_stop is not None and seen >= entry_stop:
+                    break
+                continue
+            flat = {col: ak.to_numpy(ak.flatten(arrays[b]))[lo:hi] for col, b in columns.items()}
+            images = ak.to_numpy(ak.flatten(arrays[f"{c}_image"])).reshape(n, -1)[lo:hi]
+            yield ShowerData.from_arrays(source=f"{path}", **flat, images=images)
+
+
+def _root_layout(path: Path) -> str:
+    import uproot
+
+    with uproot.open(path) as f:
+        return str(_root_meta(f, path).get("layout", "showers"))
+
+
 def _open_root(path: Path) -> tuple[Any, Any, int]:
     import uproot
 
@@ -354,14 +560,7 @@ def _open_root(path: Path) -> tuple[Any, Any, int]:
         msg = f"{path}: tree {_TREE!r} is missing branch(es) {missing}; it has {branches}{hints}"
         f.close()
         raise KeyError(msg)
-    if _META in f:
-        meta = json.loads(str(f[_META]))
-        units = meta.get("units", {})
-        declared = {key: units.get(key, "GeV") for key in ("images", "energy")}
-        if set(declared.values()) != {"GeV"}:
-            msg = f"{path}: ROOT shower files hold GeV, but the file declares {declared}"
-            f.close()
-            raise ValueError(msg)
+    _root_meta(f, path)
     return f, tree, int(tree.num_entries)
 
 
@@ -409,6 +608,8 @@ def iterate(
                     images=f["showers"][start:end] * np.float32(scale),
                     **columns,
                 )
+    elif _root_layout(path) == "events":
+        yield from _iterate_events(path, step_size, detector, entry_start, entry_stop)
     else:
         f, tree, n = _open_root(path)
         with f:

@@ -1,0 +1,302 @@
+"""The Simulator on real files: NanoAOD-style ROOT written with uproot, the shipped default model
+(and a small model trained here for the in-memory path), dask-awkward and dask.distributed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import awkward as ak
+import numpy as np
+import pytest
+import uproot
+
+import fastcalo
+from fastcalo import datasets, particles
+from fastcalo.cli import main
+from fastcalo.simulator import BLOCK, Simulator
+
+
+@pytest.fixture(scope="module")
+def sim() -> Simulator:
+    return Simulator(seed=11, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def nano(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("nano") / "events.root"
+    particles.write_example(path, n_events=300, seed=4)
+    return path
+
+
+def _records(energies: list[list[float]], pdgid: int = 22) -> ak.Array:
+    return ak.Array([[{"energy": e, "eta": 0.2, "phi": 0.1, "pdgid": pdgid} for e in event] for event in energies])
+
+
+def test_sample_shapes_dtype_and_energy(sim: Simulator) -> None:
+    energy = np.array([1.0, 10.0, 100.0])
+    images = sim.sample(energy=energy, eta=0.3, particle="photon")
+    assert images.shape == (3, 24, 24) and images.dtype == np.float32
+    assert (images >= 0).all()
+    response = images.sum(axis=(1, 2)) / energy
+    assert np.all((response > 0.85) & (response < 1.02)), response
+    cut = sim.detector.response.threshold
+    assert not ((images > 0) & (images < cut)).any()  # no cell below the zero-suppression threshold
+    assert sim.sample(energy=5.0, particle="electron", n=4).shape == (4, 24, 24)
+
+
+def test_sample_rejects_mismatched_lengths(sim: Simulator) -> None:
+    with pytest.raises(ValueError, match="one length"):
+        sim.sample(energy=[1.0, 2.0], eta=[0.0, 0.1, 0.2])
+    with pytest.raises(ValueError, match="unknown particle 'muon'"):
+        sim.sample(energy=10.0, particle="muon", n=2)
+
+
+def test_same_showers_at_any_batch_size_and_offset() -> None:
+    energy = np.geomspace(1.0, 100.0, 2 * BLOCK + 37)
+    reference = Simulator(seed=5, batch_size=4096, device="cpu").sample(energy=energy, eta=0.1)
+    for batch in (1, 333, BLOCK, 5000):
+        if batch == 1:  # one particle at a time would be slow: check a window
+            window = Simulator(seed=5, batch_size=1, device="cpu").sample(
+                energy=energy[BLOCK - 3 : BLOCK + 3], eta=0.1, first_index=BLOCK - 3
+            )
+            np.testing.assert_array_equal(window, reference[BLOCK - 3 : BLOCK + 3])
+            continue
+        np.testing.assert_array_equal(Simulator(seed=5, batch_size=batch, device="cpu").sample(energy=energy, eta=0.1), reference)
+    other = Simulator(seed=6, device="cpu").sample(energy=energy, eta=0.1)
+    assert not np.array_equal(other, reference)
+
+
+def test_run_keeps_events_and_order(sim: Simulator) -> None:
+    energies = [[2.0, 80.0, 10.0], [], [50.0], [1.5, 99.0]]
+    showers = sim.run(_records(energies))
+    assert str(showers.type) == "4 * var * 24 * 24 * float32"
+    assert ak.num(showers).tolist() == [3, 0, 1, 2]
+    totals = ak.to_numpy(ak.flatten(ak.sum(ak.sum(showers, axis=-1), axis=-1)))
+    flat = np.concatenate([e for e in energies if e])
+    np.testing.assert_allclose(totals / flat, 0.94, atol=0.09)  # the response, particle by particle: order kept
+    # the same particles, flat, give the same showers (keyed by the global index)
+    flat_showers = sim.run(ak.flatten(_records(energies)))
+    np.testing.assert_array_equal(ak.to_numpy(flat_showers), ak.to_numpy(ak.flatten(showers)))
+
+
+def test_run_on_nanoaod_collection(sim: Simulator, nano: Path) -> None:
+    tree = uproot.open(nano)["Events"]
+    raw = tree.arrays(["Photon_pt", "Photon_eta", "Photon_phi", "Photon_mass"])
+    photons = ak.zip({k.split("_")[1]: raw[k] for k in raw.fields}, with_name="Photon")
+    showers = sim.run(photons)
+    assert ak.num(showers).tolist() == ak.num(photons).tolist()
+    assert ak.any(ak.num(showers) == 0)  # empty events are kept
+    energy = ak.to_numpy(ak.flatten(photons.pt * np.cosh(photons.eta)))
+    totals = ak.to_numpy(ak.flatten(ak.sum(ak.sum(showers, axis=-1), axis=-1)))
+    response = totals / energy
+    assert np.all((response > 0.6) & (response < 1.03)) and 0.95 < np.median(response) < 0.99
+
+
+def test_out_of_range_policies(caplog: pytest.LogCaptureFixture) -> None:
+    events = _records([[10.0, 150.0], [0.5]])
+    with pytest.raises(ValueError, match=r"2 particle\(s\) with energy outside \[1.0, 100.0\] GeV.*150"):
+        Simulator(seed=1, device="cpu").run(events)
+    clipped = Simulator(seed=1, device="cpu", out_of_range="clip").run(events)
+    totals = ak.to_numpy(ak.flatten(ak.sum(ak.sum(clipped, axis=-1), axis=-1)))
+    assert 85 < totals[1] < 102 and 0.8 < totals[2] < 1.02  # simulated at 100 and 1 GeV
+    assert "clipped 2 particle(s)" in caplog.text
+    skipped = Simulator(seed=1, device="cpu", out_of_range="skip").run(events)
+    totals = ak.to_numpy(ak.flatten(ak.sum(ak.sum(skipped, axis=-1), axis=-1)))
+    assert totals[0] > 9 and totals[1] == 0 and totals[2] == 0
+    assert ak.num(skipped).tolist() == [2, 1]
+    unplaced = ak.Array([[{"energy": 10.0, "eta": 2.5, "phi": 0.0, "pdgid": 22}]])
+    with pytest.raises(ValueError, match="eta outside"):
+        Simulator(device="cpu").run(unplaced)
+    with pytest.raises(ValueError, match="out_of_range must be one of"):
+        Simulator(out_of_range="ignore")
+
+
+def test_bad_kinematics_are_errors(sim: Simulator) -> None:
+    for bad, what in ((np.nan, "non-finite"), (np.inf, "non-finite"), (-3.0, "energy <= 0")):
+        with pytest.raises(ValueError, match=what):
+            sim.sample(energy=[10.0, bad])
+    with pytest.raises(ValueError, match="energy <= 0"):
+        sim.sample(energy=[10.0, 0.0])
+
+
+def test_empty_inputs(sim: Simulator) -> None:
+    empty = ak.zip({"energy": np.empty(0), "eta": np.empty(0), "phi": np.empty(0), "pdgid": np.empty(0, np.int32)})
+    none = sim.run(ak.unflatten(empty, [0, 0, 0]))
+    assert ak.num(none).tolist() == [0, 0, 0]
+    assert sim.sample(energy=np.array([])).shape == (0, 24, 24)
+
+
+def test_run_file_round_trip_root(sim: Simulator, nano: Path, tmp_path: Path) -> None:
+    out = sim.run_file(nano, tmp_path / "showers.root", collection="Photon", step_size=64, copy_branches=["event", "MET_pt"], progress=False)
+    source = uproot.open(nano)["Events"].arrays(["nPhoton", "Photon_pt", "Photon_eta", "event", "MET_pt"])
+    with uproot.open(out) as f:
+        tree = f["Events"]
+        result = tree.arrays()
+        meta = json.loads(str(f["fastcalo_meta"]))
+    assert meta["layout"] == "events" and meta["collection"] == "Photon" and meta["seed"] == 11
+    assert tree.num_entries == len(source)
+    assert result["nPhoton"].tolist() == source["nPhoton"].tolist()
+    assert result["event"].tolist() == source["event"].tolist() and ak.all(result["MET_pt"] == source["MET_pt"])
+    np.testing.assert_allclose(
+        ak.to_numpy(ak.flatten(result["Photon_energy"])),
+        ak.to_numpy(ak.flatten(source["Photon_pt"] * np.cosh(source["Photon_eta"]))),
+        rtol=1e-6,  # float32 pt and eta in the file
+    )
+    assert ak.num(result["Photon_image"]).tolist() == (576 * source["nPhoton"]).tolist()
+    # the same showers as the in-memory path, and as another chunking
+    eager = sim.run(particles.read(nano, collection="Photon"))
+    read_back = datasets.read(out)
+    np.testing.assert_array_equal(read_back.images, ak.to_numpy(ak.flatten(eager)))
+    other = sim.run_file(nano, tmp_path / "other.root", collection="Photon", step_size=1000, progress=False)
+    np.testing.assert_array_equal(datasets.read(other).images, read_back.images)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.root", "showers.root"]  # no temporary files left
+
+
+def test_run_file_hdf5_keeps_events(sim: Simulator, nano: Path, tmp_path: Path) -> None:
+    out = sim.run_file(nano, tmp_path / "showers.h5", collection="Electron", step_size=100, progress=False)
+    import h5py
+
+    n_electron = uproot.open(nano)["Events"]["nElectron"].array(library="np")
+    with h5py.File(out) as f:
+        event = f["event"][:]
+        assert f["showers"].shape == (n_electron.sum(), 576)
+    np.testing.assert_array_equal(event, np.repeat(np.arange(len(n_electron)), n_electron))
+    data = datasets.read(out)
+    assert set(np.unique(data.pdgid)) <= {11, -11}
+    with pytest.raises(ValueError, match="needs ROOT output"):
+        sim.run_file(nano, tmp_path / "copy.h5", collection="Photon", copy_branches=True, progress=False)
+    assert not (tmp_path / "copy.h5").exists()
+
+
+def test_run_file_errors_leave_no_file(nano: Path, tmp_path: Path) -> None:
+    strict = Simulator(seed=1, device="cpu")
+    # electrons of a file whose energies run past the model's range in a later chunk
+    path = tmp_path / "flat.root"
+    with uproot.recreate(path) as f:
+        f.mktree("particles", {"E": np.float64, "eta": np.float64, "phi": np.float64, "pdgid": np.int32}).extend(
+            {"E": np.array([5.0, 6.0, 7.0, 500.0]), "eta": np.zeros(4), "phi": np.zeros(4), "pdgid": np.full(4, 11, np.int32)}
+        )
+    with pytest.raises(ValueError, match="energy outside"):
+        strict.run_file(path, tmp_path / "out.root", step_size=2, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flat.root"]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        strict.run_file(nano, tmp_path / "missing" / "out.root", collection="Photon", progress=False)
+    with pytest.raises(FileExistsError, match="already exists"):
+        strict.run_file(nano, path, collection="Photon", progress=False)
+    with pytest.raises(Exception, match="Photn"):
+        strict.run_file(nano, tmp_path / "out.root", collection="Photn", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flat.root"]
+
+
+def test_run_file_flat_tree_and_empty_file(tmp_path: Path) -> None:
+    sim = Simulator(seed=2, device="cpu")
+    path = tmp_path / "flat.root"
+    with uproot.recreate(path) as f:
+        f.mktree("particles", {"E": np.float64, "eta": np.float64, "phi": np.float64, "pdgid": np.int32}).extend(
+            {"E": np.array([5.0, 60.0]), "eta": np.zeros(2), "phi": np.zeros(2), "pdgid": np.array([22, -11], np.int32)}
+        )
+        f.mktree("empty", {"E": np.float64, "eta": np.float64, "phi": np.float64, "pdgid": np.int32})
+    out = sim.run_file(path, tmp_path / "flat_out.root", tree="particles", progress=False)
+    data = datasets.read(out)
+    assert data.pdgid.tolist() == [22, -11] and data.images.shape == (2, 24, 24)
+    empty = sim.run_file(path, tmp_path / "empty_out.root", tree="empty", progress=False)
+    assert uproot.open(empty)["empty"].num_entries == 0
+
+
+def test_in_memory_model_pickles(tmp_path: Path) -> None:
+    import pickle
+
+    import torch
+
+    from fastcalo.model import ModelConfig, ShowerModel
+
+    torch.manual_seed(0)
+    model = ShowerModel(ModelConfig(latent_dim=4, generator_hidden=(16,), critic_hidden=(16,), energy_hidden=(8,), n_quantiles=9))
+    sim = Simulator(model, seed=3, device="cpu")
+    again = pickle.loads(pickle.dumps(sim))
+    np.testing.assert_array_equal(again.sample(energy=[3.0, 30.0]), sim.sample(energy=[3.0, 30.0]))
+
+
+def test_dask_awkward_equals_eager(sim: Simulator, nano: Path) -> None:
+    import dask_awkward as dak
+
+    lazy_events = uproot.dask({str(nano): "Events"}, step_size=70)
+    assert lazy_events.npartitions > 1
+    photons = dak.zip(
+        {"pt": lazy_events.Photon_pt, "eta": lazy_events.Photon_eta, "phi": lazy_events.Photon_phi, "mass": lazy_events.Photon_mass},
+        with_name="Photon",
+    )
+    lazy = sim.run(photons)
+    assert isinstance(lazy, dak.Array)
+    computed = lazy.compute()
+    eager = sim.run(particles.read(nano, collection="Photon"))
+    assert ak.num(computed).tolist() == ak.num(eager).tolist()
+    np.testing.assert_array_equal(ak.to_numpy(ak.flatten(computed)), ak.to_numpy(ak.flatten(eager)))
+
+
+@pytest.mark.filterwarnings("ignore:Branch Photon_mass already exists:RuntimeWarning")  # coffea zeroes it, as on real NanoAOD
+def test_coffea_nanoevents(sim: Simulator, nano: Path) -> None:
+    from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
+
+    class Schema(NanoAODSchema):
+        warn_missing_crossrefs = False  # the example file has no jets for Electron_jetIdx & co.
+
+    events = NanoEventsFactory.from_root({str(nano): "Events"}, schemaclass=Schema, mode="eager").events()
+    showers = sim.run(events.Photon)
+    eager = sim.run(particles.read(nano, collection="Photon"))
+    np.testing.assert_array_equal(ak.to_numpy(ak.flatten(showers)), ak.to_numpy(ak.flatten(eager)))
+
+
+def test_cli_simulate_with_local_cluster(nano: Path, tmp_path: Path) -> None:
+    serial, parallel = tmp_path / "serial.root", tmp_path / "parallel.root"
+    common = ["--collection", "Photon", "--seed", "9", "--step-size", "50", "--no-progress"]
+    assert main(["simulate", str(nano), "-o", str(serial), *common]) == 0
+    assert main(["simulate", str(nano), "-o", str(parallel), "--workers", "2", "--threads", "1", *common]) == 0
+    np.testing.assert_array_equal(datasets.read(parallel).images, datasets.read(serial).images)
+    assert uproot.open(parallel)["Events"]["nPhoton"].array().tolist() == uproot.open(nano)["Events"]["nPhoton"].array().tolist()
+
+
+def test_cli_events_simulate_mc_like(tmp_path: Path) -> None:
+    events, showers, reference = tmp_path / "events.root", tmp_path / "showers.root", tmp_path / "reference.h5"
+    assert main(["events", "-o", str(events), "--n-events", "20", "--seed", "3"]) == 0
+    assert main(["simulate", str(events), "-o", str(showers), "--collection", "Photon", "--no-progress"]) == 0
+    assert main(["mc", "--like", str(showers), "-o", str(reference), "--seed", "2", "--no-progress"]) == 0
+    generated, mc = datasets.read(showers), datasets.read(reference)
+    for column in datasets.CONDITION_COLUMNS:  # HDF5 stores MeV: the GeV round trip costs the last bit
+        np.testing.assert_allclose(getattr(mc, column), getattr(generated, column), rtol=1e-15)
+    with pytest.raises(SystemExit, match="2"):
+        main(["simulate", str(events), "-o", str(tmp_path / "x.root"), "--collection", "Photon", "--branch", "pt"])
+
+
+def test_out_of_memory_halves_the_batch(tmp_path: Path) -> None:
+    """A real allocation failure (address space capped with RLIMIT_AS in a child process)."""
+    script = textwrap.dedent(
+        """
+        import logging, resource, numpy as np, torch
+        torch.set_num_threads(1)
+        from fastcalo.simulator import Simulator
+        logging.basicConfig(level=logging.WARNING)
+        energy = np.geomspace(1.0, 100.0, 60_000)
+        small = Simulator(seed=4, batch_size=2048, device="cpu").sample(energy=energy)
+        vm = int([l.split()[1] for l in open("/proc/self/status") if l.startswith("VmSize")][0]) * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (vm + 400 * 2**20, resource.RLIM_INFINITY))
+        sim = Simulator(seed=4, batch_size=60_000, device="cpu")
+        big = sim.sample(energy=energy)
+        print("batch", sim.batch_size, "equal", bool(np.array_equal(big, small)))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "batch size halved" in result.stderr
+    batch = int(result.stdout.split()[1])
+    assert batch < 60_000 and "equal True" in result.stdout
+
+
+def test_public_api() -> None:
+    assert fastcalo.Simulator is Simulator
+    assert "Simulator" in fastcalo.__all__ and "particles" in fastcalo.__all__
