@@ -9,7 +9,14 @@ data (log-uniform 1-100 GeV, |eta| < 1.5, photons/electrons/positrons, impact po
 cell) until at least ``--min-seconds`` have passed; the generator's dense-layer FLOPs per shower give
 the achieved GFLOP/s, compared with a float32 GEMM (n x n times n x n) timed on the same device.
 The reference MC is timed on the same conditions on all CPU cores (numba threads), so the speed-up
-is a ratio of two numbers from the same run. JSON and a PNG go to ``benchmarks/results/``.
+is a ratio of two numbers from the same run.
+
+Two end-to-end measurements follow: ``fastcalo.Simulator.sample`` at each batch size (the model
+plus the per-particle random streams and the host copy: what a user gets in memory), and
+file to file: ``Simulator.run_file`` on a NanoAOD-style file of ``--file-events`` events (written
+by ``fastcalo.particles.write_example``; photons) into ROOT, against uproot writing exactly the
+same output arrays (already in memory) into a ROOT file in the same chunks: the ratio says how close
+simulation gets to the cost of just writing its output. JSON and a PNG go to ``benchmarks/results/``.
 """
 
 from __future__ import annotations
@@ -68,6 +75,75 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def simulator_rate(model: Path, device: torch.device, batch: int, min_seconds: float) -> float:
+    """Showers/s of ``Simulator.sample`` at one batch size (random streams and host copy included)."""
+    from fastcalo import Simulator
+
+    sim = Simulator(model, device=str(device), batch_size=batch, seed=1)
+    c = conditions(batch, seed=batch)
+    names = {22: "photon", 11: "electron", -11: "positron"}
+    particle = np.array([names[int(p)] for p in c["pdgid"]], dtype=object)
+    kwargs = {"energy": c["energy"], "eta": c["eta"], "particle": particle, "impact_x": c["impact_x"], "impact_y": c["impact_y"]}
+    sim.sample(**kwargs)  # warm-up
+    n, index, start = 0, 0, time.perf_counter()
+    while time.perf_counter() - start < min_seconds:
+        sim.sample(**kwargs, first_index=index)
+        n += batch
+        index += batch
+    return n / (time.perf_counter() - start)
+
+
+def file_rates(model: Path, device: torch.device, n_events: int) -> dict[str, float | int]:
+    """File to file (NanoAOD-style photons -> showers by event, ROOT) against uproot writing the
+    same output arrays, in the same chunks, from memory."""
+    import tempfile
+
+    import awkward as ak
+    import uproot
+
+    from fastcalo import Simulator, datasets, particles
+
+    sim = Simulator(model, device=str(device), seed=1)
+    step = 10_000
+    with tempfile.TemporaryDirectory() as tmp:
+        source, out = Path(tmp) / "events.root", Path(tmp) / "showers.root"
+        particles.write_example(source, n_events=n_events, seed=1)
+        sim.run_file(source, Path(tmp) / "warm.root", collection="Photon", step_size=step, progress=False)
+        start = time.perf_counter()
+        sim.run_file(source, out, collection="Photon", step_size=step, progress=False)
+        simulate_s = time.perf_counter() - start
+        written = uproot.open(out)["Events"].arrays()
+        n_showers = int(ak.sum(written["nPhoton"]))
+        chunks = [written[i : i + step] for i in range(0, len(written), step)]
+        fields = [f for f in written.fields if f.startswith("Photon_") and f != "Photon_image"]
+        raw = Path(tmp) / "raw.root"
+        start = time.perf_counter()
+        with uproot.recreate(raw) as f:
+            tree = None
+            for chunk in chunks:
+                arrays = {
+                    "Photon": ak.zip({name.removeprefix("Photon_"): chunk[name] for name in fields}),
+                    "Photon_image": chunk["Photon_image"],
+                }
+                if tree is None:
+                    tree = f.mktree("Events", {k: v.type.content for k, v in arrays.items()})
+                tree.extend(arrays)
+        write_s = time.perf_counter() - start
+        size = out.stat().st_size
+        check = datasets.read(out, entry_stop=10)
+        assert check.images.shape[1:] == (24, 24)
+    return {
+        "events": n_events,
+        "showers": n_showers,
+        "output_bytes": size,
+        "run_file_s": simulate_s,
+        "run_file_showers_per_s": n_showers / simulate_s,
+        "uproot_write_s": write_s,
+        "uproot_write_showers_per_s": n_showers / write_s,
+        "run_file_over_uproot_write": (n_showers / simulate_s) / (n_showers / write_s),
+    }
+
+
 def main() -> None:
     from fastcalo import mc
     from fastcalo.model import load
@@ -78,6 +154,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 256, 1024, 4096, 16384, 65536])
     parser.add_argument("--min-seconds", type=float, default=3.0)
     parser.add_argument("--mc-showers", type=int, default=400, help="reference-MC showers to time (all cores)")
+    parser.add_argument("--file-events", type=int, default=50_000, help="events of the file-to-file test (0: skip)")
     parser.add_argument("--label", default=platform.node())
     parser.add_argument("--results", type=Path, default=HERE / "results")
     args = parser.parse_args()
@@ -112,6 +189,13 @@ def main() -> None:
         rows.append({"batch_size": batch, "showers_per_s": rate, "gflops": rate * flops / 1e9})
         print(json.dumps(rows[-1]), flush=True)
 
+    for row in rows:
+        row["simulator_showers_per_s"] = simulator_rate(args.model, device, row["batch_size"], args.min_seconds)
+        print(json.dumps({"batch_size": row["batch_size"], "simulator_showers_per_s": row["simulator_showers_per_s"]}), flush=True)
+    file_to_file = file_rates(args.model, device, args.file_events) if args.file_events else None
+    if file_to_file:
+        print(json.dumps(file_to_file), flush=True)
+
     peak = gemm_gflops(device, 4096 if device.type == "cuda" else 2048, args.min_seconds)
     c_np = conditions(args.mc_showers, seed=7)
     mc.simulate(c_np["energy"][:4], c_np["eta"][:4], c_np["pdgid"][:4], seed=1)  # compile
@@ -133,6 +217,9 @@ def main() -> None:
         "mc_conditions": "log-uniform 1-100 GeV, |eta| < 1.5, photons/electrons/positrons",
         "best_showers_per_s": best["showers_per_s"],
         "speed_up_over_mc": best["showers_per_s"] / mc_rate,
+        "best_simulator_showers_per_s": max(r["simulator_showers_per_s"] for r in rows),
+        "simulator_speed_up_over_mc": max(r["simulator_showers_per_s"] for r in rows) / mc_rate,
+        "file_to_file": file_to_file,
     }
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / f"throughput_{args.label}.json"
@@ -144,7 +231,13 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([r["batch_size"] for r in rows], [r["showers_per_s"] for r in rows], "o-", label=f"fastcalo ({result['device']})")
+    ax.plot([r["batch_size"] for r in rows], [r["showers_per_s"] for r in rows], "o-", label=f"generator ({result['device']})")
+    ax.plot(
+        [r["batch_size"] for r in rows], [r["simulator_showers_per_s"] for r in rows], "s-", label="Simulator.sample (end to end)"
+    )
+    if file_to_file:
+        ax.axhline(file_to_file["run_file_showers_per_s"], color="C2", ls=":", label="run_file, ROOT to ROOT")
+        ax.axhline(file_to_file["uproot_write_showers_per_s"], color="C3", ls="-.", label="uproot writing the same output")
     ax.axhline(mc_rate, color="k", ls="--", label=f"reference MC, {os.cpu_count()} cores")
     ax.set_xscale("log")
     ax.set_yscale("log")

@@ -145,6 +145,7 @@ def _simulate(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         out_of_range=args.out_of_range,
     )
+    sim.threads = args.threads or None
     client = _dask_client(args.workers, args.scheduler, args.threads or 1)
     try:
         sim.run_file(
@@ -184,7 +185,8 @@ def _dask_client(workers: int | None, scheduler: str | None, threads: int) -> ob
     if workers is not None and workers <= 0:
         msg = f"--workers must be > 0, got {workers}"
         raise ValueError(msg)
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, dashboard_address=None)
+    # one task at a time per worker process; torch in each worker uses --threads threads (set per task)
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
     return Client(cluster)
 
 
@@ -248,7 +250,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, help="output file, .root or .h5")
     p.add_argument("--tree", default=None, help="input TTree (default: the only one in the file)")
     p.add_argument("--collection", default=None, help="particle collection, e.g. Photon, Electron, GenPart")
-    p.add_argument("--preset", default="auto", help="auto (default), nanoaod, delphes or flat")
+    p.add_argument("--preset", default="auto", choices=("auto", "nanoaod", "delphes", "flat"), help="input layout (default auto)")
     p.add_argument(
         "--branch", action="append", default=None, metavar="FIELD=BRANCH", help="explicit branch mapping, repeatable"
     )
@@ -257,7 +259,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--batch-size", type=int, default=None, help="particles per generator call")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--dtype", default="float32", help="float32 (default), float16 or bfloat16")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"), help="generator arithmetic")
     p.add_argument(
         "--out-of-range", default="error", choices=("error", "clip", "skip"), help="particles outside the model's ranges"
     )
@@ -267,7 +269,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=int, default=None, help="simulate on a local dask.distributed cluster of N workers")
     p.add_argument("--scheduler", default=None, help="simulate on an existing dask.distributed scheduler (ADDRESS)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads per process/worker (default: all cores)")
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch threads of this process and of each dask worker (default: torch's choice)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_simulate)
@@ -315,7 +319,9 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     try:
         return int(args.func(args))
     except (ValueError, KeyError, OSError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        # KeyError's own str() quotes its argument; errors that format themselves keep their message
+        plain_key = isinstance(error, KeyError) and type(error).__str__ is KeyError.__str__
+        message = error.args[0] if plain_key and error.args else error
         parser.exit(2, f"{parser.prog}: error: {message}\n")
     return 2
 

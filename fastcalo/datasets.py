@@ -270,7 +270,7 @@ class ShowerWriter:
             msg = f"{self.path}: expected images of {self._n_cells}x{self._n_cells} cells, got {data.images.shape[1:]}"
             raise ValueError(msg)
         n = len(data)
-        flat = data.images.reshape(n, -1).astype(np.float32, copy=False)
+        flat = data.images.reshape(n, self._n_cells * self._n_cells).astype(np.float32, copy=False)
         if self._kind == "root":
             arrays = {_ROOT_NAMES.get(c, c): getattr(data, c) for c in CONDITION_COLUMNS}
             arrays["image"] = flat
@@ -299,12 +299,7 @@ class ShowerWriter:
         self.n_written += n
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        assert self._atomic is not None
-        try:
-            self._file.close()
-        finally:
-            self._file = None
-            self._atomic.__exit__(exc_type, exc, tb)  # type: ignore[arg-type]
+        _close_atomic(self, exc_type, exc, tb)
 
 
 class EventWriter:
@@ -390,7 +385,7 @@ class EventWriter:
         name = self.collection
         columns = {_ROOT_NAMES.get(c, c).replace("incident_", ""): getattr(data, c) for c in CONDITION_COLUMNS}
         arrays: dict[str, Any] = {name: ak.unflatten(ak.zip(columns), counts)}
-        flat = data.images.reshape(len(data), -1).astype(np.float32, copy=False).reshape(-1)
+        flat = data.images.astype(np.float32, copy=False).reshape(-1)
         arrays[f"{name}_image"] = ak.unflatten(flat, counts * self._n_cells)
         if extra is not None:
             arrays.update(_group_branches(extra, reserved={name, f"n{name}", f"{name}_image", f"n{name}_image"}))
@@ -403,14 +398,29 @@ class EventWriter:
         if self._flat is not None:
             self._flat.__exit__(exc_type, exc, tb)
             return
-        assert self._atomic is not None
-        try:
-            if self._tree is None and exc_type is None:  # no events at all: still a valid, empty tree
+        if self._tree is None and exc_type is None:  # no events at all: still a valid, empty tree
+            try:
                 self._file.mktree(self.tree_name, {f"n{self.collection}": np.int64})
-            self._file.close()
-        finally:
-            self._file = None
-            self._atomic.__exit__(exc_type, exc, tb)  # type: ignore[arg-type]
+            except BaseException as error:
+                _close_atomic(self, type(error), error, error.__traceback__)
+                raise
+        _close_atomic(self, exc_type, exc, tb)
+
+
+def _close_atomic(writer: Any, exc_type: Any, exc: Any, tb: Any) -> None:
+    """Close a writer's file, then rename its temporary file into place only if all went well."""
+    atomic, file = writer._atomic, writer._file
+    writer._file = None
+    if atomic is None:
+        msg = f"{writer.path}: writer closed without being opened"
+        raise RuntimeError(msg)
+    try:
+        if file is not None:
+            file.close()
+    except BaseException as error:
+        atomic.__exit__(type(error), error, error.__traceback__)
+        raise
+    atomic.__exit__(exc_type, exc, tb)
 
 
 def _group_branches(extra: Any, *, reserved: set[str]) -> dict[str, Any]:
@@ -532,7 +542,9 @@ def _iterate_events(
                 continue
             flat = {col: ak.to_numpy(ak.flatten(arrays[b]))[lo:hi] for col, b in columns.items()}
             images = ak.to_numpy(ak.flatten(arrays[f"{c}_image"])).reshape(n, -1)[lo:hi]
-            yield ShowerData.from_arrays(source=f"{path}", **flat, images=images)
+            for k in range(0, hi - lo, step_size):  # at most step_size showers per chunk
+                part = slice(k, k + step_size)
+                yield ShowerData.from_arrays(source=f"{path}", **{col: v[part] for col, v in flat.items()}, images=images[part])
 
 
 def _root_layout(path: Path) -> str:

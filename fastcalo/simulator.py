@@ -110,6 +110,8 @@ class Showers:
     impact_x: np.ndarray
     impact_y: np.ndarray
     simulated: np.ndarray
+    energy: np.ndarray  # the energy and eta simulated at (clipped under out_of_range="clip")
+    eta: np.ndarray
 
 
 class Simulator:
@@ -166,6 +168,8 @@ class Simulator:
         self.seed = int(seed)
         self.out_of_range = out_of_range
         self.batch_size = batch_size or (65_536 if self.device.type == "cuda" else 16_384)
+        #: torch CPU threads to set in dask workers before simulating (None: leave as is).
+        self.threads: int | None = None
         self._source: tuple[str, Any]
         if isinstance(model, ShowerModel):
             self._source = ("memory", _model_bytes(model))
@@ -316,14 +320,17 @@ class Simulator:
         if step_size <= 0:
             msg = f"step_size must be > 0, got {step_size}"
             raise ValueError(msg)
+        name = collection or "particles"
+        if copy_branches and datasets._kind(Path(output)) != "root":
+            msg = f"{output}: copying input branches needs ROOT output (.root), not HDF5"
+            raise ValueError(msg)
         source = particles.open_tree(input, tree)
         try:
             tree_name = str(source.name)
             n_entries = int(source.num_entries)
-            copy = _copy_list(source, copy_branches, str(input))
+            copy = _copy_list(source, copy_branches, str(input), name)
         finally:
             source.file.close()
-        name = collection or "particles"
         reader = {"tree": tree_name, "collection": collection, "preset": preset, "branches": branches, "particle": particle}
         ranges = [(start, min(start + step_size, n_entries)) for start in range(0, n_entries, step_size)]
         meta = {
@@ -382,12 +389,13 @@ class Simulator:
         images = np.zeros((n, side, side), dtype=np.float32)
         impact_x = np.empty(n)
         impact_y = np.empty(n)
-        energy, eta, keep = self._apply_policy(columns)
+        energy, eta, pdgid, keep = self._apply_policy(columns, first_index)
+        used = _Columns(energy, eta, columns.phi, pdgid, columns.impact_x, columns.impact_y)
         start = 0
         while start < n:
             stop = min(start + self.batch_size, n)
             try:
-                out, ix, iy = self._batch(columns[start:stop], energy[start:stop], eta[start:stop], first_index + start)
+                out, ix, iy = self._batch(used[start:stop], first_index + start)
             except Exception as error:
                 if not _is_oom(error) or self.batch_size == 1:
                     raise
@@ -400,22 +408,34 @@ class Simulator:
             impact_x[start:stop], impact_y[start:stop] = ix, iy
             start = stop
         images[~keep] = 0.0
-        return Showers(images, impact_x, impact_y, keep)
+        return Showers(images, impact_x, impact_y, keep, energy, eta)
 
-    def _apply_policy(self, columns: _Columns) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Energies and etas to generate with, and which particles to simulate, under the policy."""
+    def _apply_policy(self, columns: _Columns, first_index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Energies, etas and pdgids to generate with, and which particles to simulate, under the
+        policy; messages name particles by their global index."""
         ranges = self.detector.conditions
         energy, eta = columns.energy.astype(np.float64), columns.eta.astype(np.float64)
-        for name, values in (("energy", energy), ("eta", eta), ("phi", columns.phi)):
+        checks = [("energy", energy), ("eta", eta), ("phi", columns.phi)]
+        checks += [(name, v) for name, v in (("impact_x", columns.impact_x), ("impact_y", columns.impact_y)) if v is not None]
+        for name, values in checks:
             bad = ~np.isfinite(values)
             if bad.any():
                 first = int(np.flatnonzero(bad)[0])
-                msg = f"{int(bad.sum())} particle(s) with non-finite {name} (first: particle {first}, {name}={values[first]})"
+                msg = f"{int(bad.sum())} particle(s) with non-finite {name} (first: particle {first_index + first}, {name}={values[first]})"
                 raise ValueError(msg)
         if (energy <= 0).any():
             first = int(np.flatnonzero(energy <= 0)[0])
-            msg = f"{int((energy <= 0).sum())} particle(s) with energy <= 0 GeV (first: particle {first}, {energy[first]} GeV)"
+            msg = f"{int((energy <= 0).sum())} particle(s) with energy <= 0 GeV (first: particle {first_index + first}, {energy[first]} GeV)"
             raise ValueError(msg)
+        low, high = self.detector.central_cell
+        for name, values in (("impact_x", columns.impact_x), ("impact_y", columns.impact_y)):
+            if values is not None and ((values < low) | (values > high)).any():
+                first = int(np.flatnonzero((values < low) | (values > high))[0])
+                msg = (
+                    f"{name} must lie in the central cell [{low}, {high}] mm, found {values[first]} "
+                    f"(particle {first_index + first})"
+                )
+                raise ValueError(msg)
         known = np.isin(columns.pdgid, self.model.conditions.pdgids)
         outside = {
             f"energy outside {list(ranges.energy)} GeV": (energy < ranges.energy[0]) | (energy > ranges.energy[1]),
@@ -427,17 +447,22 @@ class Simulator:
             if not mask.any():
                 continue
             first = int(np.flatnonzero(mask)[0])
-            example = f"particle {first}: E={energy[first]:.6g} GeV, eta={eta[first]:.4g}, pdgid={int(columns.pdgid[first])}"
+            example = (
+                f"particle {first_index + first}: E={energy[first]:.6g} GeV, eta={eta[first]:.4g}, "
+                f"pdgid={int(columns.pdgid[first])}"
+            )
             if self.out_of_range == "error" or (self.out_of_range == "clip" and what.startswith("pdgid")):
                 hint = "" if what.startswith("pdgid") else " (out_of_range='clip' or 'skip' to simulate or drop them)"
                 msg = f"{int(mask.sum())} particle(s) with {what}, first {example}{hint}"
                 raise ValueError(msg)
-            log.warning("%s %d particle(s) with %s (first %s)", "clipped" if self.out_of_range == "clip" else "skipped (zero image)", int(mask.sum()), what, example)
+            action = "clipped" if self.out_of_range == "clip" else "skipped (zero image)"
+            log.warning("%s %d particle(s) with %s (first %s)", action, int(mask.sum()), what, example)
             if self.out_of_range == "skip":
                 keep &= ~mask
         energy = np.clip(energy, *ranges.energy)
         eta = np.clip(eta, *ranges.eta)
-        return energy, eta, keep
+        pdgid = np.where(known, columns.pdgid, self.model.conditions.pdgids[0]).astype(np.int32)  # skipped anyway
+        return energy, eta, pdgid, keep
 
     def _draws(self, first: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, np.ndarray]:
         """The random inputs of particles ``first .. first + n - 1``: latent z, the energy model's
@@ -462,16 +487,14 @@ class Simulator:
         return z, u, noise, impact
 
     @torch.inference_mode()
-    def _batch(
-        self, columns: _Columns, energy: np.ndarray, eta: np.ndarray, first: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _batch(self, columns: _Columns, first: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         z, u, noise, impact = self._draws(first, len(columns))
         low, high = self.detector.central_cell
         ix = columns.impact_x if columns.impact_x is not None else low + (high - low) * impact[:, 0]
         iy = columns.impact_y if columns.impact_y is not None else low + (high - low) * impact[:, 1]
-        c = self.model.conditions.encode(energy=energy, eta=eta, pdgid=columns.pdgid, impact_x=ix, impact_y=iy)
+        c = self.model.conditions.encode(energy=columns.energy, eta=columns.eta, pdgid=columns.pdgid, impact_x=ix, impact_y=iy)
         dtype = _DTYPES[self.dtype]
-        e_inc = torch.as_tensor(energy, dtype=torch.float32)
+        e_inc = torch.as_tensor(columns.energy, dtype=torch.float32)
         inputs = [c.to(self.device), e_inc.to(self.device), z, u] + ([] if noise is None else [noise])
         n = len(columns)
         if n < _MIN_ROWS:  # matrix-vector kernels round differently from matrix-matrix ones: pad
@@ -488,18 +511,12 @@ class Simulator:
 
         from . import particles
 
-        def count(part: ak.Array) -> int:
-            table = particles.standardize(part, particle=particle)
-            flat, _ = _flatten(table)
-            return len(flat)
-
+        # every particle's randomness is keyed by its global index: partition i starts after the
+        # particles of partitions 0..i-1, counted by tasks of the same graph (nothing runs now)
         parts = events.to_delayed()
-        counts = dask.compute(*[dask.delayed(count)(p) for p in parts])
-        offsets = first_index + np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-        results = [
-            dask.delayed(_run_partition)(self, part, particle, int(offset))
-            for part, offset in zip(parts, offsets, strict=True)
-        ]
+        counts = [dask.delayed(_count_particles)(part, particle) for part in parts]
+        offsets = [dask.delayed(sum)(counts[:i], first_index) for i in range(len(parts))]
+        results = [dask.delayed(_run_partition)(self, part, particle, offset) for part, offset in zip(parts, offsets, strict=True)]
         empty = self.run(ak.Array(events._meta.layout.form.length_zero_array()), particle=particle)
         meta = ak.Array(empty.layout.to_typetracer(forget_length=True))
         return dak.from_delayed(results, meta=meta, divisions=events.divisions if events.known_divisions else None)
@@ -518,6 +535,8 @@ def _simulate_chunk(
     """Simulate input entries [start, stop) whose first particle has global index ``first``."""
     from . import datasets, particles
 
+    if sim.threads:
+        torch.set_num_threads(sim.threads)
     table = particles.read(input, entry_start=start, entry_stop=stop, **reader)
     flat, counts = _flatten(table)
     cols = _columns(flat)
@@ -533,8 +552,8 @@ def _simulate_chunk(
             tree.file.close()
     data = datasets.ShowerData.from_arrays(
         source=f"{input}[{start}:{stop}]",
-        energy=cols.energy,
-        eta=cols.eta,
+        energy=showers.energy,
+        eta=showers.eta,
         phi=cols.phi,
         pdgid=cols.pdgid,
         impact_x=showers.impact_x,
@@ -544,7 +563,15 @@ def _simulate_chunk(
     return start, stop, data, np.asarray(counts, dtype=np.int64), extra
 
 
+def _count_particles(part: ak.Array, particle: str | int | None) -> int:
+    from . import particles
+
+    return len(_flatten(particles.standardize(part, particle=particle))[0])
+
+
 def _run_partition(sim: Simulator, part: ak.Array, particle: str | int | None, first_index: int) -> ak.Array:
+    if sim.threads:
+        torch.set_num_threads(sim.threads)
     return sim.run(part, particle=particle, first_index=first_index)
 
 
@@ -578,12 +605,23 @@ def _columns(flat: ak.Array) -> _Columns:
     )
 
 
-def _copy_list(tree: Any, copy: bool | list[str], where: str) -> list[str]:
+def _copy_list(tree: Any, copy: bool | list[str], where: str, collection: str) -> list[str]:
+    """Input branches to copy: all (True) but those named like the output collection's own
+    branches (``<C>_*``, ``n<C>``), or exactly the names given (an error if one is the output's)."""
     names = list(tree.keys(recursive=False))
+    own = [n for n in names if n == collection or n.startswith(f"{collection}_") or n.startswith(f"n{collection}")]
     if copy is True:
-        return names
+        return [n for n in names if n not in own]
     if not copy:
         return []
+    clash = [b for b in copy if b in own]
+    if clash:
+        msg = (
+            f"{where}: cannot copy {clash}: the output writes its own {collection!r} branches "
+            f"(n{collection}, {collection}_energy, _eta, _phi, _pdgid, _impact_x, _impact_y, _image); "
+            "copy other branches, or name the input collection differently"
+        )
+        raise ValueError(msg)
     missing = [b for b in copy if b not in names]
     if missing:
         import difflib

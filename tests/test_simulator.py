@@ -116,6 +116,32 @@ def test_out_of_range_policies(caplog: pytest.LogCaptureFixture) -> None:
         Simulator(out_of_range="ignore")
 
 
+def test_skip_unknown_particle_and_bad_impact_points() -> None:
+    import torch
+
+    from fastcalo.detector import ConditionRanges, Detector
+    from fastcalo.model import ModelConfig, ShowerModel
+
+    torch.manual_seed(0)
+    photons_only = Detector(conditions=ConditionRanges(particles=("photon",)))
+    config = ModelConfig(latent_dim=4, generator_hidden=(16,), critic_hidden=(16,), energy_hidden=(8,), n_quantiles=9)
+    sim = Simulator(ShowerModel(config, detector=photons_only), out_of_range="skip", device="cpu")
+    images = ak.to_numpy(ak.flatten(sim.run(_records([[10.0], [20.0]], pdgid=22))))
+    assert images.shape == (2, 24, 24)
+    mixed = ak.concatenate([_records([[10.0]], pdgid=22), _records([[20.0]], pdgid=11)])
+    out = ak.to_numpy(ak.flatten(sim.run(mixed)))
+    assert out[0].sum() > 0 and out[1].sum() == 0
+    with pytest.raises(ValueError, match=r"pdgid not among \[22\]"):
+        Simulator(ShowerModel(config, detector=photons_only), device="cpu").run(mixed)
+    default = Simulator(device="cpu")
+    with pytest.raises(ValueError, match="non-finite impact_x"):
+        default.sample(energy=[5.0, 6.0], impact_x=[np.nan, 5.0], impact_y=[5.0, 5.0])
+    with pytest.raises(ValueError, match="impact_y must lie in the central cell"):
+        default.sample(energy=5.0, impact_x=5.0, impact_y=500.0)
+    with pytest.raises(ValueError, match="first particle 1002:"):  # the global index, not the batch's
+        default.sample(energy=[5.0, 500.0], first_index=1001)
+
+
 def test_bad_kinematics_are_errors(sim: Simulator) -> None:
     for bad, what in ((np.nan, "non-finite"), (np.inf, "non-finite"), (-3.0, "energy <= 0")):
         with pytest.raises(ValueError, match=what):
@@ -155,6 +181,26 @@ def test_run_file_round_trip_root(sim: Simulator, nano: Path, tmp_path: Path) ->
     other = sim.run_file(nano, tmp_path / "other.root", collection="Photon", step_size=1000, progress=False)
     np.testing.assert_array_equal(datasets.read(other).images, read_back.images)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.root", "showers.root"]  # no temporary files left
+
+
+def test_run_file_chunks_without_particles(sim: Simulator, nano: Path, tmp_path: Path) -> None:
+    counts = uproot.open(nano)["Events"]["nPhoton"].array(library="np")
+    assert (counts == 0).any()
+    one = sim.run_file(nano, tmp_path / "one.root", collection="Photon", step_size=1, progress=False)
+    assert uproot.open(one)["Events"]["nPhoton"].array(library="np").tolist() == counts.tolist()
+    np.testing.assert_array_equal(datasets.read(one).images, ak.to_numpy(ak.flatten(sim.run(particles.read(nano, collection="Photon")))))
+    chunks = [len(c) for c in datasets.iterate(one, step_size=25)]
+    assert max(chunks) <= 25 and sum(chunks) == counts.sum()
+
+
+def test_copy_branches_never_clobbers_the_output(sim: Simulator, nano: Path, tmp_path: Path) -> None:
+    out = sim.run_file(nano, tmp_path / "all.root", collection="Photon", copy_branches=True, progress=False)
+    keys = set(uproot.open(out)["Events"].keys())
+    assert {"Electron_pt", "Electron_pdgId", "MET_pt", "event", "Photon_energy", "Photon_image"} <= keys
+    assert "Photon_pt" not in keys and "nPhoton_eta" not in keys  # the input's own Photon branches are not copied
+    with pytest.raises(ValueError, match="cannot copy \\['Photon_eta'\\]"):
+        sim.run_file(nano, tmp_path / "x.root", collection="Photon", copy_branches=["Photon_eta"], progress=False)
+    assert not (tmp_path / "x.root").exists()
 
 
 def test_run_file_hdf5_keeps_events(sim: Simulator, nano: Path, tmp_path: Path) -> None:
@@ -233,6 +279,10 @@ def test_dask_awkward_equals_eager(sim: Simulator, nano: Path) -> None:
     )
     lazy = sim.run(photons)
     assert isinstance(lazy, dak.Array)
+    # building the result computes nothing: a partition with an impossible energy fails only on compute
+    broken = sim.run(dak.zip({"energy": photons.pt * 0 - 1.0, "eta": photons.eta, "phi": photons.phi}, with_name="Photon"))
+    with pytest.raises(ValueError, match="negative values"):
+        broken.compute()
     computed = lazy.compute()
     eager = sim.run(particles.read(nano, collection="Photon"))
     assert ak.num(computed).tolist() == ak.num(eager).tolist()
@@ -271,6 +321,14 @@ def test_cli_events_simulate_mc_like(tmp_path: Path) -> None:
         np.testing.assert_allclose(getattr(mc, column), getattr(generated, column), rtol=1e-15)
     with pytest.raises(SystemExit, match="2"):
         main(["simulate", str(events), "-o", str(tmp_path / "x.root"), "--collection", "Photon", "--branch", "pt"])
+
+
+def test_cli_errors_are_one_clear_line(nano: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit, match="2"):
+        main(["simulate", str(nano), "-o", str(tmp_path / "x.root"), "--collection", "Photn", "--no-progress"])
+    err = capsys.readouterr().err
+    assert "Photn_pt" in err and "Photon_pt" in err and "did you mean" in err
+    assert not (tmp_path / "x.root").exists()
 
 
 def test_out_of_memory_halves_the_batch(tmp_path: Path) -> None:
