@@ -72,9 +72,20 @@ def _is_oom(error: BaseException) -> bool:
     )
 
 
-def _block_seed(seed: int, block: int) -> int:
-    """A 63-bit seed for one block of one stream (SeedSequence mixes the pair well)."""
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, int(block)]).generate_state(1, np.uint64)
+def _stream_key(stream: Any) -> list[int]:
+    """A stable integer key for a user's stream label (an int, a string, or a tuple of them)."""
+    if stream is None:
+        return []
+    import hashlib
+
+    digest = hashlib.sha256(repr(stream).encode()).digest()
+    return [int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:16], "little")]
+
+
+def _block_seed(seed: int, block: int, stream: list[int] | None = None) -> int:
+    """A 63-bit seed for one block of one stream (SeedSequence mixes the entropy well)."""
+    entropy = [int(seed) & 0xFFFFFFFFFFFFFFFF, *(stream or []), int(block)]
+    state = np.random.SeedSequence(entropy).generate_state(1, np.uint64)
     return int(state[0] >> np.uint64(1))
 
 
@@ -121,7 +132,7 @@ class Simulator:
         model: ``"default"`` (the shipped model), a model directory, or a loaded
             :class:`fastcalo.model.ShowerModel`.
         device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
-        batch_size: particles per generator call (default 16 384 on CPU, 65 536 on a GPU); a
+        batch_size: particles per generator call (default 4096 on CPU, 65 536 on a GPU); a
             device out-of-memory error halves it and retries, losing nothing.
         seed: the random seed; with the particle's global index it fixes every shower.
         dtype: the generator's arithmetic, ``"float32"`` (default), ``"float16"`` or
@@ -167,7 +178,7 @@ class Simulator:
         self.dtype = dtype
         self.seed = int(seed)
         self.out_of_range = out_of_range
-        self.batch_size = batch_size or (65_536 if self.device.type == "cuda" else 16_384)
+        self.batch_size = batch_size or (65_536 if self.device.type == "cuda" else 4096)  # CPU: fits in cache (benchmarks/)
         #: torch CPU threads to set in dask workers before simulating (None: leave as is).
         self.threads: int | None = None
         self._source: tuple[str, Any]
@@ -205,7 +216,7 @@ class Simulator:
         )
 
     # -- public entry points
-    def run(self, events: Any, *, particle: str | int | None = None, first_index: int = 0) -> Any:
+    def run(self, events: Any, *, particle: str | int | None = None, first_index: int = 0, stream: Any = None) -> Any:
         """One shower per particle: ``events * var * 24 * 24 * float32`` in GeV (awkward).
 
         ``events`` is an awkward collection in any layout :func:`fastcalo.particles.standardize`
@@ -215,15 +226,17 @@ class Simulator:
         dask-awkward result equal to the eager one (the number of particles per partition is
         computed first, to key every particle's randomness by its global index).
         ``first_index`` is the global index of the first particle (for callers that split a
-        dataset themselves).
+        dataset themselves). ``stream`` (an int, a string or a tuple of them, e.g. a coffea chunk's
+        ``(filename, entrystart)``) names an independent random stream: calls with different
+        streams never share random numbers, whatever their indices.
         """
         if _is_dask(events):
-            return self._run_dask(events, particle=particle, first_index=first_index)
+            return self._run_dask(events, particle=particle, first_index=first_index, stream=stream)
         from . import particles
 
         table = particles.standardize(events, particle=particle)
         flat, counts = _flatten(table)
-        showers = self._simulate(_columns(flat), first_index)
+        showers = self._simulate(_columns(flat), first_index, stream=_stream_key(stream))
         images = ak.from_numpy(showers.images, regulararray=True)
         return images if counts is None else ak.unflatten(images, counts)
 
@@ -382,7 +395,7 @@ class Simulator:
             yield pending.pop(0).result()
 
     # -- the engine
-    def _simulate(self, columns: _Columns, first_index: int) -> Showers:
+    def _simulate(self, columns: _Columns, first_index: int, stream: list[int] | None = None) -> Showers:
         """Generate the flat table in batches; halve the batch on a device out-of-memory error."""
         n = len(columns)
         side = self.detector.n_cells
@@ -395,7 +408,7 @@ class Simulator:
         while start < n:
             stop = min(start + self.batch_size, n)
             try:
-                out, ix, iy = self._batch(used[start:stop], first_index + start)
+                out, ix, iy = self._batch(used[start:stop], first_index + start, stream)
             except Exception as error:
                 if not _is_oom(error) or self.batch_size == 1:
                     raise
@@ -464,7 +477,9 @@ class Simulator:
         pdgid = np.where(known, columns.pdgid, self.model.conditions.pdgids[0]).astype(np.int32)  # skipped anyway
         return energy, eta, pdgid, keep
 
-    def _draws(self, first: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, np.ndarray]:
+    def _draws(
+        self, first: int, n: int, stream: list[int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, np.ndarray]:
         """The random inputs of particles ``first .. first + n - 1``: latent z, the energy model's
         uniform u, cell noise (if the model adds it) on the device, impact-point uniforms (numpy)."""
         latent = self.model.config.latent_dim
@@ -477,7 +492,7 @@ class Simulator:
             lo, hi = max(first, block * BLOCK), min(first + n, (block + 1) * BLOCK)
             inside = slice(lo - block * BLOCK, hi - block * BLOCK)
             target = slice(lo - first, hi - first)
-            key = _block_seed(self.seed, block)
+            key = _block_seed(self.seed, block, stream)
             gen = torch.Generator(device=self.device).manual_seed(key)
             z[target] = torch.randn((BLOCK, latent), generator=gen, device=self.device)[inside]
             u[target] = torch.rand((BLOCK,), generator=gen, device=self.device)[inside]
@@ -487,8 +502,8 @@ class Simulator:
         return z, u, noise, impact
 
     @torch.inference_mode()
-    def _batch(self, columns: _Columns, first: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        z, u, noise, impact = self._draws(first, len(columns))
+    def _batch(self, columns: _Columns, first: int, stream: list[int] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        z, u, noise, impact = self._draws(first, len(columns), stream)
         low, high = self.detector.central_cell
         ix = columns.impact_x if columns.impact_x is not None else low + (high - low) * impact[:, 0]
         iy = columns.impact_y if columns.impact_y is not None else low + (high - low) * impact[:, 1]
@@ -505,7 +520,7 @@ class Simulator:
         images = out.float().reshape(-1, side, side).cpu().numpy()
         return images, np.asarray(ix, dtype=np.float64), np.asarray(iy, dtype=np.float64)
 
-    def _run_dask(self, events: Any, *, particle: str | int | None, first_index: int) -> Any:
+    def _run_dask(self, events: Any, *, particle: str | int | None, first_index: int, stream: Any) -> Any:
         import dask
         import dask_awkward as dak
 
@@ -516,8 +531,10 @@ class Simulator:
         parts = events.to_delayed()
         counts = [dask.delayed(_count_particles)(part, particle) for part in parts]
         offsets = [dask.delayed(sum)(counts[:i], first_index) for i in range(len(parts))]
-        results = [dask.delayed(_run_partition)(self, part, particle, offset) for part, offset in zip(parts, offsets, strict=True)]
-        empty = self.run(ak.Array(events._meta.layout.form.length_zero_array()), particle=particle)
+        results = [
+            dask.delayed(_run_partition)(self, part, particle, offset, stream) for part, offset in zip(parts, offsets, strict=True)
+        ]
+        empty = self.run(ak.Array(events._meta.layout.form.length_zero_array()), particle=particle, stream=stream)
         meta = ak.Array(empty.layout.to_typetracer(forget_length=True))
         return dak.from_delayed(results, meta=meta, divisions=events.divisions if events.known_divisions else None)
 
@@ -569,10 +586,10 @@ def _count_particles(part: ak.Array, particle: str | int | None) -> int:
     return len(_flatten(particles.standardize(part, particle=particle))[0])
 
 
-def _run_partition(sim: Simulator, part: ak.Array, particle: str | int | None, first_index: int) -> ak.Array:
+def _run_partition(sim: Simulator, part: ak.Array, particle: str | int | None, first_index: int, stream: Any) -> ak.Array:
     if sim.threads:
         torch.set_num_threads(sim.threads)
-    return sim.run(part, particle=particle, first_index=first_index)
+    return sim.run(part, particle=particle, first_index=first_index, stream=stream)
 
 
 def _is_dask(array: Any) -> bool:

@@ -71,6 +71,14 @@ def test_same_showers_at_any_batch_size_and_offset() -> None:
     assert not np.array_equal(other, reference)
 
 
+def test_streams_are_independent(sim: Simulator) -> None:
+    events = _records([[10.0, 10.0, 10.0]])
+    plain, a, a_again, b = (sim.run(events, stream=s) for s in (None, ("f.root", 0), ("f.root", 0), ("f.root", 100)))
+    assert ak.to_list(a) == ak.to_list(a_again)
+    for one, two in ((plain, a), (a, b)):
+        assert not np.array_equal(ak.to_numpy(ak.flatten(one)), ak.to_numpy(ak.flatten(two)))
+
+
 def test_run_keeps_events_and_order(sim: Simulator) -> None:
     energies = [[2.0, 80.0, 10.0], [], [50.0], [1.5, 99.0]]
     showers = sim.run(_records(energies))
