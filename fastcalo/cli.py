@@ -180,6 +180,7 @@ def _dask_client(workers: int | None, scheduler: str | None, threads: int) -> ob
     except ImportError as err:
         msg = "--workers/--scheduler need dask.distributed: pip install 'fastcalo[dask]'"
         raise ValueError(msg) from err
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # not its INFO lines about every worker
     if scheduler is not None:
         return Client(scheduler)
     if workers is not None and workers <= 0:

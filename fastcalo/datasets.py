@@ -395,16 +395,23 @@ class EventWriter:
         self._tree.extend(arrays)
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if self.n_events == 0 and exc_type is None:  # no events at all: the full layout, with no entries
+            try:
+                side = int(round(np.sqrt(self._n_cells)))
+                empty = ShowerData.from_arrays(
+                    **{c: np.empty(0) for c in CONDITION_COLUMNS}, images=np.empty((0, side, side)), source=str(self.path)
+                )
+                self.write(empty, counts=np.empty(0, dtype=np.int64), first_event=0)
+            except BaseException as error:
+                self._exit_now(type(error), error, error.__traceback__)
+                raise
+        self._exit_now(exc_type, exc, tb)
+
+    def _exit_now(self, exc_type: object, exc: object, tb: object) -> None:
         if self._flat is not None:
             self._flat.__exit__(exc_type, exc, tb)
-            return
-        if self._tree is None and exc_type is None:  # no events at all: still a valid, empty tree
-            try:
-                self._file.mktree(self.tree_name, {f"n{self.collection}": np.int64})
-            except BaseException as error:
-                _close_atomic(self, type(error), error, error.__traceback__)
-                raise
-        _close_atomic(self, exc_type, exc, tb)
+        else:
+            _close_atomic(self, exc_type, exc, tb)
 
 
 def _close_atomic(writer: Any, exc_type: Any, exc: Any, tb: Any) -> None:
