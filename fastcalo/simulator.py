@@ -223,8 +223,9 @@ class Simulator:
         reads (the standard records, a NanoAOD/coffea collection such as ``events.Photon``, ...),
         jagged (one list per event, kept) or flat (then ``n * 24 * 24``); ``particle`` names the
         particle type where the collection does not say it. A dask-awkward array gives a lazy
-        dask-awkward result equal to the eager one (the number of particles per partition is
-        computed first, to key every particle's randomness by its global index).
+        dask-awkward result equal to the eager one; building it computes nothing: each output
+        partition depends on tasks, in the same graph, that count the particles of the partitions
+        before it and so fix the global index of its first particle.
         ``first_index`` is the global index of the first particle (for callers that split a
         dataset themselves). ``stream`` (an int, a string or a tuple of them, e.g. a coffea chunk's
         ``(filename, entrystart)``) names an independent random stream: calls with different
@@ -397,6 +398,9 @@ class Simulator:
     # -- the engine
     def _simulate(self, columns: _Columns, first_index: int, stream: list[int] | None = None) -> Showers:
         """Generate the flat table in batches; halve the batch on a device out-of-memory error."""
+        if first_index < 0:
+            msg = f"first_index must be >= 0 (the global index of the first particle), got {first_index}"
+            raise ValueError(msg)
         n = len(columns)
         side = self.detector.n_cells
         images = np.zeros((n, side, side), dtype=np.float32)

@@ -156,6 +156,8 @@ def test_bad_kinematics_are_errors(sim: Simulator) -> None:
             sim.sample(energy=[10.0, bad])
     with pytest.raises(ValueError, match="energy <= 0"):
         sim.sample(energy=[10.0, 0.0])
+    with pytest.raises(ValueError, match="first_index must be >= 0"):
+        sim.sample(energy=10.0, first_index=-1)
 
 
 def test_empty_inputs(sim: Simulator) -> None:
