@@ -9,6 +9,10 @@ A shower is generated in two factors, p(image | c) = p(r | c) · p(shape | r, c)
   conditions and r into a 24x24 shape: softmax over the cells, times r · E_inc, then the detector's
   zero-suppression threshold (soft while training, hard when generating).
 
+The alternative for the total (``ModelConfig.energy = "loss"``): an :class:`EnergyGenerator`
+trained with the generator, through the critic and an extra loss on the summed energy
+(:func:`fastcalo.train.summed_energy_mmd`); validation/energy-mechanism/ compares the two.
+
 Conditions c: log incident energy, eta, particle type (one-hot) and the impact point inside the
 central cell, each scaled to about [-1, 1] by :class:`Conditions` from the detector's ranges.
 
@@ -47,6 +51,7 @@ __all__ = (
     "DEFAULT_MODEL",
     "Conditions",
     "Critic",
+    "EnergyGenerator",
     "EnergyModel",
     "Generator",
     "ModelConfig",
@@ -85,6 +90,11 @@ class ModelConfig:
         cell_noise: add the detector's Gaussian electronic noise (``Response.noise`` per cell) to
             the generated deposit before zero suppression, as the MC does: the generator learns the
             deposit, the known noise makes the isolated hits beyond the shower.
+        energy: how the total (deposited fraction r) is learned. ``"model"``: a dedicated energy
+            model (:class:`EnergyModel`, conditional quantiles, pinball loss) trained before the
+            GAN. ``"loss"``: an :class:`EnergyGenerator` trained with the generator, by the
+            critic (which sees r) and an extra loss on the summed energy
+            (:func:`fastcalo.train.summed_energy_mmd`).
         negative_slope: of the LeakyReLU activations.
     """
 
@@ -97,11 +107,15 @@ class ModelConfig:
     n_quantiles: int = 100
     quantile_tail: float = 0.0
     cell_noise: bool = False
+    energy: str = "model"
     negative_slope: float = 0.2
 
     def __post_init__(self) -> None:
         if self.kind not in ("mlp", "conv"):
             msg = f"ModelConfig.kind must be 'mlp' or 'conv', got {self.kind!r}"
+            raise ValueError(msg)
+        if self.energy not in ("model", "loss"):
+            msg = f"ModelConfig.energy must be 'model' or 'loss', got {self.energy!r}"
             raise ValueError(msg)
         for name, low in (("latent_dim", 1), ("conv_channels", 2), ("n_quantiles", 3)):
             value = getattr(self, name)
@@ -178,6 +192,12 @@ class Preprocessing:
         if soft:
             return cells * torch.sigmoid((cells - self.threshold) / self.soft_width)
         return torch.where(cells >= self.threshold, cells, torch.zeros((), dtype=cells.dtype, device=cells.device))
+
+    def zero_suppress_(self, cells: torch.Tensor) -> torch.Tensor:
+        """:meth:`zero_suppress` (hard) in place, in one pass: ``threshold_`` keeps x > t, so t is the
+        float32 just below the threshold (for float32 cells exactly ``x >= threshold``)."""
+        below = float(np.nextafter(np.float32(self.threshold), np.float32(-np.inf)))
+        return nn.functional.threshold_(cells, below, 0.0)
 
 
 class Conditions:
@@ -277,13 +297,22 @@ class EnergyModel(nn.Module):
         steps = (q[1:] - q[:-1]).clamp_min(1e-6) / q.std().clamp_min(1e-6) * (self.n - 1) / 4.0
         last.bias[2:] = steps + torch.log(-torch.expm1(-steps))  # inverse softplus
 
-    def quantiles(self, c: torch.Tensor) -> torch.Tensor:
-        """(N, n_quantiles) quantiles of the standardised r, increasing."""
+    def _affine(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The quantiles as ``offset + slope * shape``: the raw monotone shape (N, n_quantiles) and
+        the per-row offset and slope (N, 1) that standardise it and apply location and scale."""
         out = self.net(c)
         steps = nn.functional.softplus(out[:, 2:]) * (4.0 / (self.n - 1))
         shape = torch.cat([torch.zeros_like(out[:, :1]), torch.cumsum(steps, dim=1)], dim=1)
-        shape = (shape - shape.mean(1, keepdim=True)) / shape.std(1, keepdim=True).clamp_min(1e-6)
-        return out[:, :1] + torch.exp(out[:, 1:2]) * shape
+        mean = shape.mean(1, keepdim=True)
+        # the sample standard deviation (n - 1), as a mean of squares: torch.std is slow on CPU rows
+        std = ((shape - mean).square().sum(1, keepdim=True) / (self.n - 1)).sqrt().clamp_min(1e-6)
+        slope = torch.exp(out[:, 1:2]) / std
+        return out[:, :1] - slope * mean, slope, shape
+
+    def quantiles(self, c: torch.Tensor) -> torch.Tensor:
+        """(N, n_quantiles) quantiles of the standardised r, increasing."""
+        offset, slope, shape = self._affine(c)
+        return offset + slope * shape
 
     def loss(self, c: torch.Tensor, r_code: torch.Tensor) -> torch.Tensor:
         """Pinball (quantile) loss of the standardised fractions ``r_code`` (N,)."""
@@ -293,13 +322,16 @@ class EnergyModel(nn.Module):
 
     def sample(self, c: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Standardised r at uniform variates ``u`` (N,) in (0, 1)."""
-        q = self.quantiles(c)
+        offset, slope, shape = self._affine(c)
         levels = self.levels
         k = (torch.searchsorted(levels, u.contiguous(), right=True) - 1).clamp(0, self.n - 2)
         t0, t1 = levels[k], levels[k + 1]
         frac = ((u - t0) / (t1 - t0)).clamp(0.0, 1.0)
-        q0, q1 = torch.gather(q, 1, k[:, None])[:, 0], torch.gather(q, 1, k[:, None] + 1)[:, 0]
-        inner = q0 * (1 - frac) + q1 * frac
+        # only the quantiles used: the pair around u and the outer two at each end
+        columns = torch.stack([k, k + 1, torch.zeros_like(k), torch.ones_like(k), torch.full_like(k, self.n - 2), torch.full_like(k, self.n - 1)], 1)
+        q = offset + slope * torch.gather(shape, 1, columns)
+        inner = q[:, 0] * (1 - frac) + q[:, 1] * frac
+        q = q[:, 2:]  # quantiles 0, 1, n - 2, n - 1
         tau_low, tau_high = levels[0], 1.0 - levels[-1]
         slope_low = (q[:, 1] - q[:, 0]) / (levels[1] - levels[0])
         slope_high = (q[:, -1] - q[:, -2]) / (levels[-1] - levels[-2])
@@ -307,6 +339,29 @@ class EnergyModel(nn.Module):
         low = q[:, 0] + slope_low * tau_low * torch.log(uc / tau_low)
         high = q[:, -1] - slope_high * tau_high * torch.log((1 - uc) / tau_high)
         return torch.where(u < levels[0], low, torch.where(u > levels[-1], high, inner))
+
+
+class EnergyGenerator(nn.Module):
+    """The alternative to :class:`EnergyModel` (``ModelConfig.energy = "loss"``): the standardised
+    fraction r as a learned function of the conditions and a standard-normal variate Phi^-1(u),
+    trained with the generator, adversarially (the critic sees r) and by the summed-energy loss.
+    Same interface as the energy model: :meth:`sample` maps uniform variates ``u`` to r.
+
+    r = g + net(c, g) with g = Phi^-1(u), the network's last layer scaled down at the start: r
+    starts as a standard normal, the pooled distribution of the standardised training r to two
+    moments (as the energy model starts from the pooled quantiles), and learns how it moves with c."""
+
+    def __init__(self, config: ModelConfig, n_conditions: int) -> None:
+        super().__init__()
+        self.net = _mlp([n_conditions + 1, *config.energy_hidden, 1], config.negative_slope)
+        with torch.no_grad():
+            self.net[-1].weight.mul_(0.1)
+            self.net[-1].bias.zero_()
+
+    def sample(self, c: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Standardised r at uniform variates ``u`` (N,) in (0, 1)."""
+        g = math.sqrt(2.0) * torch.erfinv(2.0 * u.clamp(1e-7, 1 - 1e-7) - 1.0)
+        return g + self.net(torch.cat([c, g[:, None]], dim=1))[:, 0]
 
 
 class Generator(nn.Module):
@@ -395,7 +450,7 @@ class ShowerModel(nn.Module):
         self.preprocessing = preprocessing or Preprocessing.for_detector(detector)
         self.conditions = Conditions(detector)
         n_c = self.conditions.width
-        self.energy = EnergyModel(config, n_c)
+        self.energy: EnergyModel | EnergyGenerator = EnergyModel(config, n_c) if config.energy == "model" else EnergyGenerator(config, n_c)
         self.generator = Generator(config, n_c, detector.n_cells)
         self.critic = Critic(config, n_c, detector.n_cells)
 
@@ -418,10 +473,18 @@ class ShowerModel(nn.Module):
         shape = torch.softmax(self.generator(z, c, r_code), dim=1)
         total = (self.preprocessing.decode_r(r_code).clamp_min(0.0) * e_inc)[:, None]
         deposit = shape * total
+        if self.config.cell_noise and noise is None:
+            msg = "this model adds cell noise (config.cell_noise): pass noise, standard normals of shape (N, n_cells)"
+            raise ValueError(msg)
+        if not soft and not torch.is_grad_enabled():  # generation: the same steps, in place (fewer passes over memory)
+            if self.config.cell_noise:
+                deposit.add_(noise, alpha=self.detector.response.noise)
+            self.preprocessing.zero_suppress_(deposit)  # negatives too: the threshold is positive
+            deposit.mul_(total / deposit.sum(dim=1, keepdim=True).clamp_min(1e-12))
+            if self.config.cell_noise:
+                self.preprocessing.zero_suppress_(deposit)
+            return deposit
         if self.config.cell_noise:
-            if noise is None:
-                msg = "this model adds cell noise (config.cell_noise): pass noise, standard normals of shape (N, n_cells)"
-                raise ValueError(msg)
             deposit = (deposit + self.detector.response.noise * noise).clamp_min(0.0)
         kept = self.preprocessing.zero_suppress(deposit, soft=soft)
         scaled = kept * (total / kept.sum(dim=1, keepdim=True).clamp_min(1e-12))

@@ -492,7 +492,13 @@ class Simulator:
         u = torch.empty((n,), device=self.device)
         noise = torch.empty((n, cells), device=self.device) if cells else None
         impact = np.empty((n, 2))
-        for block in range(first // BLOCK, (first + n - 1) // BLOCK + 1):
+        inference = torch.is_inference_mode_enabled()  # thread-local: the pool's threads take it from here
+
+        def draw(block: int) -> None:
+            with torch.inference_mode(inference):
+                draw_block(block)
+
+        def draw_block(block: int) -> None:
             lo, hi = max(first, block * BLOCK), min(first + n, (block + 1) * BLOCK)
             inside = slice(lo - block * BLOCK, hi - block * BLOCK)
             target = slice(lo - first, hi - first)
@@ -501,8 +507,23 @@ class Simulator:
             z[target] = torch.randn((BLOCK, latent), generator=gen, device=self.device)[inside]
             u[target] = torch.rand((BLOCK,), generator=gen, device=self.device)[inside]
             if noise is not None:
-                noise[target] = torch.randn((BLOCK, cells), generator=gen, device=self.device)[inside]
+                if hi - lo == BLOCK:  # a whole block: straight into place
+                    torch.randn((BLOCK, cells), generator=gen, out=noise[target])
+                else:
+                    noise[target] = torch.randn((BLOCK, cells), generator=gen, device=self.device)[inside]
             impact[target] = np.random.Generator(np.random.Philox(key)).random((BLOCK, 2))[inside]
+
+        blocks = range(first // BLOCK, (first + n - 1) // BLOCK + 1)
+        workers = torch.get_num_threads() if self.device.type == "cpu" else 1
+        if workers > 1 and len(blocks) > 1 and noise is not None:
+            # a seeded torch generator draws on one core: blocks (independent streams) in parallel
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(workers, len(blocks))) as pool:
+                list(pool.map(draw, blocks))
+        else:
+            for block in blocks:
+                draw(block)
         return z, u, noise, impact
 
     @torch.inference_mode()

@@ -17,7 +17,19 @@ from .datasets import ShowerData
 from .detector import DEFAULT_DETECTOR, Detector
 from .model import ModelConfig, ShowerModel, _from_dict
 
-__all__ = ("DataConfig", "MonitorConfig", "RunConfig", "TrainConfig", "cosine_lr", "evaluate", "load_config", "make_dataset", "train")
+__all__ = (
+    "DataConfig",
+    "MonitorConfig",
+    "RunConfig",
+    "TrainConfig",
+    "cosine_lr",
+    "evaluate",
+    "gradient_penalty",
+    "load_config",
+    "make_dataset",
+    "summed_energy_mmd",
+    "train",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +140,11 @@ class TrainConfig:
         label_smoothing: one-sided: real labels are ``1 - label_smoothing`` (``bce``; Salimans et
             al., arXiv:1606.03498).
         energy_steps, energy_lr, energy_batch: pre-training of the energy model (pinball loss,
-            Adam with the learning rate decayed from ``energy_lr`` to 0 on a cosine).
+            Adam with the learning rate decayed from ``energy_lr`` to 0 on a cosine); unused with
+            ``model.energy = "loss"``, where the energy network trains with the generator (at
+            ``energy_lr``, constant).
+        energy_loss_weight: weight of the summed-energy loss (:func:`summed_energy_mmd`) in the
+            generator's loss, with ``model.energy = "loss"``.
         eval_every: generator steps between evaluations on the monitor set (and checkpoints).
         seed: seeds parameters, batches and noise.
         threads: torch CPU threads (0: all cores).
@@ -146,6 +162,7 @@ class TrainConfig:
     energy_steps: int = 3000
     energy_lr: float = 1e-3
     energy_batch: int = 1024
+    energy_loss_weight: float = 10.0
     eval_every: int = 1000
     seed: int = 0
     threads: int = 0
@@ -283,6 +300,76 @@ def gradient_penalty(critic: Any, real: torch.Tensor, fake: torch.Tensor, *args:
     score = critic(mixed, *args)
     (grad,) = torch.autograd.grad(score.sum(), mixed, create_graph=True)
     return ((grad.norm(2, dim=1) - 1.0) ** 2).mean()
+
+
+def summed_energy_mmd(
+    c: torch.Tensor,
+    r_real: torch.Tensor,
+    r_fake: torch.Tensor,
+    *,
+    energy_width: float = 0.1,
+    eta_width: float = 0.3,
+    bandwidths: tuple[float, ...] = (0.1, 0.3, 1.0),
+) -> torch.Tensor:
+    """The summed-energy loss: a conditional maximum mean discrepancy between the real and the
+    generated standardised fractions r at the same encoded conditions ``c`` (one batch, (N, width)).
+
+    The kernel is a product: Gaussian in r (summed over ``bandwidths``, in units of the training
+    spread of r) times a Gaussian in the conditions' log E and eta columns (``energy_width``,
+    ``eta_width``, in encoded units) times equality of the particle type. Pairs of showers count
+    only if their conditions are alike, so the loss compares the distribution of r *at given
+    conditions*, its width included, not only the pooled one. Returns the unbiased estimate of
+    MMD^2 (pairs of a shower with itself left out, so it can come out slightly negative): its
+    gradient is the unbiased estimate of the full MMD^2's.
+
+    Example:
+        >>> import torch
+        >>> c = torch.zeros((512, 7)); c[:, 2] = 1.0                # one condition, photons
+        >>> g = torch.Generator().manual_seed(0)
+        >>> real = torch.randn(512, generator=g)
+        >>> same = summed_energy_mmd(c, real, torch.randn(512, generator=g))
+        >>> narrow = summed_energy_mmd(c, real, 0.5 * torch.randn(512, generator=g))
+        >>> bool(narrow > 3 * same)
+        True
+    """
+    d_e = c[:, None, 0] - c[None, :, 0]
+    d_eta = c[:, None, 1] - c[None, :, 1]
+    same_type = c[:, 2:-2] @ c[:, 2:-2].T
+    weight = torch.exp(-0.5 * (d_e / energy_width) ** 2 - 0.5 * (d_eta / eta_width) ** 2) * same_type
+
+    def k(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        d2 = (a[:, None] - b[None, :]) ** 2
+        return sum(torch.exp(-0.5 * d2 / h**2) for h in bandwidths)  # type: ignore[return-value]
+
+    weight = weight * (1.0 - torch.eye(len(c), dtype=weight.dtype, device=weight.device))
+    terms = k(r_real, r_real) + k(r_fake, r_fake) - k(r_real, r_fake) - k(r_fake, r_real)
+    return (weight * terms).sum() / weight.sum().clamp_min(1e-12)
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two nested config dicts."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _differences(x, y, f"{prefix}{key}.")
+        elif x != y:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def _only_longer(stored: dict[str, Any], wanted: dict[str, Any], run_dir: Path) -> bool:
+    """Whether ``wanted`` differs from the run's ``stored`` config only by more generator steps, so
+    that the run can go on: nothing in a step depends on the total (the GAN's learning rate is
+    constant), so a run extended from its checkpoint is the longer run."""
+    if {**stored, "train": {**stored["train"], "steps": wanted["train"]["steps"]}} != wanted:
+        return False
+    checkpoint = run_dir / "checkpoint.json"
+    done = json.loads(checkpoint.read_text())["step"] if checkpoint.is_file() else 0
+    if wanted["train"]["steps"] < done:
+        msg = f"{run_dir} has already trained {done} steps; train.steps = {wanted['train']['steps']} cannot shorten it"
+        raise ValueError(msg)
+    return True
 
 
 def _generate(
@@ -520,8 +607,12 @@ def train(
         if not resume:
             msg = f"{run_dir} already holds a run (pass resume=True to continue it, or choose another directory)"
             raise FileExistsError(msg)
-        if json.loads(config_path.read_text()) != wanted:
-            msg = f"{run_dir} holds a run with a different config; choose another directory"
+        stored = json.loads(config_path.read_text())
+        if stored != wanted and _only_longer(stored, wanted, run_dir):
+            if lead:
+                print(f"extending {run_dir} from {stored['train']['steps']} to {tc.steps} generator steps")
+        elif stored != wanted:
+            msg = f"{run_dir} holds a run with a different config ({', '.join(_differences(stored, wanted))}); choose another directory (only train.steps may grow)"
             raise ValueError(msg)
     _barrier(world)  # every process has checked the directory before process 0 writes to it
     if lead:
@@ -555,10 +646,20 @@ def train(
     u_fixed = torch.rand((len(held),), generator=fixed, device=device)
     cells_fixed = torch.randn((len(held), detector.n_total_cells), generator=fixed, device=device) if config.model.cell_noise else None
 
+    learned_energy = config.model.energy == "loss"  # the total is trained with the generator
+    # what each optimizer steps: with energy = "loss" the generator's optimizer owns the energy network too
+    owners: dict[str, list[torch.nn.Module]] = {"generator": [model.generator], "critic": [model.critic]}
+    if learned_energy:
+        owners["generator"].append(model.energy)
+    else:
+        owners["energy"] = [model.energy]
     optimizers = {
-        "generator": torch.optim.Adam(model.generator.parameters(), lr=tc.lr, betas=tc.betas),
-        "critic": torch.optim.Adam(model.critic.parameters(), lr=tc.lr, betas=tc.betas),
-        "energy": torch.optim.Adam(model.energy.parameters(), lr=tc.energy_lr),
+        name: torch.optim.Adam(
+            # each network at its own learning rate: the energy network at energy_lr, also when it trains with the generator
+            [{"params": list(m.parameters()), "lr": tc.energy_lr if m is model.energy else tc.lr} for m in modules],
+            betas=(0.9, 0.999) if name == "energy" else tc.betas,
+        )
+        for name, modules in owners.items()
     }
     info: dict[str, Any] = {"step": 0, "energy_done": False, "best_score": None, "best_step": None, "last_score": None, "seconds": 0.0}
     log_path = run_dir / "metrics.jsonl"
@@ -590,7 +691,8 @@ def train(
     def step_with(name: str, loss: torch.Tensor) -> None:
         optimizers[name].zero_grad(set_to_none=True)
         loss.backward()
-        _average_gradients(getattr(model, name), world)
+        for module in owners[name]:
+            _average_gradients(module, world)
         optimizers[name].step()
 
     def batch(n: int) -> tuple[torch.Tensor, ...]:
@@ -616,7 +718,7 @@ def train(
         _plot_grid(monitor_data, gen_data, run_dir / "grids" / f"step_{done:07d}.png", title=f"step {done}")
         _plot_history(log_path, run_dir)
 
-    if not info["energy_done"]:
+    if not info["energy_done"] and not learned_energy:
         # its own random stream: the energy model's settings do not change the GAN's batches
         energy_rng = torch.Generator(device=device).manual_seed(tc.seed + 3 + 1000 * rank)
         model.energy.start_from(real.r_code[torch.randperm(len(real), generator=energy_rng, device=device)[:200_000]])
@@ -628,8 +730,9 @@ def train(
             if (step + 1) % 500 == 0:
                 log({"step": 0, "kind": "energy", "energy_step": step + 1, "pinball": loss.item()})
         info["energy_done"] = True
-    for p in model.energy.parameters():
-        p.requires_grad_(False)
+    if not learned_energy:
+        for p in model.energy.parameters():
+            p.requires_grad_(False)
     if info["step"] == 0:  # the starting point, so that improvement is measured, not assumed
         run_eval(0)
         checkpoint()
@@ -644,10 +747,20 @@ def train(
             c, e, r_code, x = batch(tc.batch_size)
             z = torch.randn((tc.batch_size, latent), generator=rng, device=device)
             with torch.no_grad():
-                fake = model.preprocessing.to_network(model.cells(z, c, r_code, e, soft=True, noise=cell_noise(tc.batch_size)))
-            d_real, d_fake = model.critic(x, c, r_code), model.critic(fake, c, r_code)
-            if tc.loss == "wgan-gp":
+                r_fake = model.energy.sample(c, torch.rand((tc.batch_size,), generator=rng, device=device)) if learned_energy else r_code
+                fake = model.preprocessing.to_network(model.cells(z, c, r_fake, e, soft=True, noise=cell_noise(tc.batch_size)))
+            d_real, d_fake = model.critic(x, c, r_code), model.critic(fake, c, r_fake)
+            if tc.loss == "wgan-gp" and learned_energy:  # r is a critic input the generator makes: penalise its gradient too
+                gp = gradient_penalty(
+                    lambda xr, c_: model.critic(xr[:, :-1], c_, xr[:, -1]),
+                    torch.cat([x, r_code[:, None]], dim=1),
+                    torch.cat([fake, r_fake[:, None]], dim=1),
+                    c,
+                    generator=rng,
+                )
+            elif tc.loss == "wgan-gp":
                 gp = gradient_penalty(model.critic, x, fake, c, r_code, generator=rng)
+            if tc.loss == "wgan-gp":
                 loss_c = d_fake.mean() - d_real.mean() + tc.gp_lambda * gp
                 sums["gp"] = sums.get("gp", 0.0) + gp.item() / tc.n_critic
             else:
@@ -658,9 +771,14 @@ def train(
 
         c, e, r_code, _ = batch(tc.batch_size)
         z = torch.randn((tc.batch_size, latent), generator=rng, device=device)
-        fake = model.cells(z, c, r_code, e, soft=True, noise=cell_noise(tc.batch_size))
-        d_gen = model.critic(model.preprocessing.to_network(fake), c, r_code)
+        r_fake = model.energy.sample(c, torch.rand((tc.batch_size,), generator=rng, device=device)) if learned_energy else r_code
+        fake = model.cells(z, c, r_fake, e, soft=True, noise=cell_noise(tc.batch_size))
+        d_gen = model.critic(model.preprocessing.to_network(fake), c, r_fake)
         loss_g = -d_gen.mean() if tc.loss == "wgan-gp" else bce(d_gen, torch.ones_like(d_gen))
+        if learned_energy:
+            mmd = summed_energy_mmd(c, r_code, r_fake)
+            loss_g = loss_g + tc.energy_loss_weight * mmd
+            sums["energy_mmd"] = sums.get("energy_mmd", 0.0) + mmd.item()
         step_with("generator", loss_g)
         sums["generator_loss"] = sums.get("generator_loss", 0.0) + loss_g.item()
         sums["n"] = sums.get("n", 0.0) + 1

@@ -16,6 +16,7 @@ CONFIGS = {
     "mlp": ModelConfig(latent_dim=8, generator_hidden=(32, 64), critic_hidden=(64, 32), energy_hidden=(16,), n_quantiles=20),
     "conv": ModelConfig(kind="conv", latent_dim=8, conv_channels=8, critic_hidden=(16,), energy_hidden=(16,), n_quantiles=20),
     "mlp-cell-noise": ModelConfig(latent_dim=8, generator_hidden=(32,), critic_hidden=(32,), energy_hidden=(16,), n_quantiles=20, cell_noise=True),
+    "mlp-energy-loss": ModelConfig(latent_dim=8, generator_hidden=(32,), critic_hidden=(32,), energy_hidden=(16,), energy="loss"),
 }
 PARTICLES = {
     "energy": [1.0, 3.0, 10.0, 50.0, 100.0],
@@ -60,11 +61,16 @@ def test_every_parameter_gets_a_gradient(model: ShowerModel) -> None:
     model.train()
     c = model.conditions.encode(**PARTICLES)
     e = torch.tensor(PARTICLES["energy"])
-    r_code = torch.randn(5)
+    if model.config.energy == "model":  # the energy model trains on its own loss; the GAN sees real r
+        r_code = torch.randn(5)
+        energy_loss = model.energy.loss(c, r_code)
+    else:  # the learned total: trained through the critic with the generator
+        r_code = model.energy.sample(c, torch.rand(5))
+        energy_loss = torch.zeros(())
     z = torch.randn(5, model.config.latent_dim)
     noise = torch.randn(5, 576) if model.config.cell_noise else None
     fake = model.preprocessing.to_network(model.cells(z, c, r_code, e, soft=True, noise=noise))
-    loss = model.critic(fake, c, r_code).sum() + model.energy.loss(c, r_code)
+    loss = model.critic(fake, c, r_code).sum() + energy_loss
     loss.backward()
     missing = [name for name, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
     assert missing == []
@@ -182,7 +188,12 @@ def test_energy_sampling_from_exact_quantiles_reproduces_the_distribution(tail: 
     energy = ShowerModel(ModelConfig(n_quantiles=50, quantile_tail=tail)).energy
     gamma = stats.gamma(4.0)
     exact = -(gamma.ppf(1.0 - energy.levels.double().numpy()) - 4.0) / 2.0  # r = -(G - 4) / 2: a low tail
-    energy.quantiles = lambda c: torch.as_tensor(exact, dtype=torch.float32).expand(c.shape[0], -1)  # type: ignore[method-assign]
+    # the quantiles as offset + slope * shape: offset 0, slope 1, shape the exact quantiles
+    energy._affine = lambda c: (  # type: ignore[method-assign]
+        torch.zeros((c.shape[0], 1)),
+        torch.ones((c.shape[0], 1)),
+        torch.as_tensor(exact, dtype=torch.float32).expand(c.shape[0], -1),
+    )
     drawn = energy.sample(torch.zeros(400_000, 7), torch.rand(400_000, generator=torch.Generator().manual_seed(2)))
     assert float(drawn.mean()) == pytest.approx(0.0, abs=0.01)
     assert float(drawn.std()) == pytest.approx(1.0, rel=0.02)  # Gamma(4) has sigma 2, halved
