@@ -346,6 +346,13 @@ def summed_energy_mmd(
     return (weight * terms).sum() / weight.sum().clamp_min(1e-12)
 
 
+def _with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+    """A run's stored config with the keys it lacks (fields added to the config since that run was
+    made, whose defaults keep the old behaviour) at their defaults."""
+    defaults = RunConfig().to_dict()
+    return {key: {**defaults[key], **value} if isinstance(value, dict) and isinstance(defaults.get(key), dict) else value for key, value in stored.items()}
+
+
 def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
     """The dotted keys whose values differ between two nested config dicts."""
     out = []
@@ -388,7 +395,12 @@ def evaluate(reference: ShowerData, generated: ShowerData) -> dict[str, Any]:
     the separation power of every high-level feature, and precision / recall / density / coverage
     of the feature vectors (:func:`fastcalo.validation.metrics.diversity`, so that mode collapse
     shows); ``score`` is the mean separation power over features and points (lower is better; it
-    picks the kept checkpoint). The diversity numbers are averaged over the points."""
+    picks the kept checkpoint). The diversity numbers are averaged over the points.
+    ``classifier_auc`` is the low-level classifier test of :func:`fastcalo.validation.classifier_auc`
+    (the validation report's, one seed) on all the monitor's showers: the target metric, watched
+    during training (on the monitor's few thousand showers the classifier has less to learn from
+    than in a validation report, so its AUC comes out lower than the report's on more showers)."""
+    from .validation.classifier import classifier_auc
     from .validation.metrics import diversity, separation_power
     from .validation.observables import energy_groups, feature_histograms, features, response_table
 
@@ -418,6 +430,7 @@ def evaluate(reference: ShowerData, generated: ShowerData) -> dict[str, Any]:
         "max_response_deviation": float(max(abs(p["response_ratio"] - 1) for p in points)),
         "max_resolution_deviation": float(max(abs(p["resolution_ratio"] - 1) for p in points)),
         **{k: float(np.mean([p[k] for p in points])) for k in ("precision", "recall", "density", "coverage")},
+        "classifier_auc": classifier_auc(reference, generated, inputs="low", seeds=(0,)).auc,
         "points": points,
     }
 
@@ -607,7 +620,7 @@ def train(
         if not resume:
             msg = f"{run_dir} already holds a run (pass resume=True to continue it, or choose another directory)"
             raise FileExistsError(msg)
-        stored = json.loads(config_path.read_text())
+        stored = _with_defaults(json.loads(config_path.read_text()))
         if stored != wanted and _only_longer(stored, wanted, run_dir):
             if lead:
                 print(f"extending {run_dir} from {stored['train']['steps']} to {tc.steps} generator steps")
@@ -862,7 +875,7 @@ def _plot_history(log_path: Path, run_dir: Path) -> None:
     fig.savefig(run_dir / "losses.png", dpi=80)
     plt.close(fig)
     if eval_rows:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+        fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
         steps = [r["step"] for r in eval_rows]
         axes[0].plot(steps, [r["score"] for r in eval_rows], "o-", label="mean separation power (score)")
         axes[0].set_yscale("log")
@@ -873,6 +886,14 @@ def _plot_history(log_path: Path, run_dir: Path) -> None:
         axes[1].set_yscale("log")
         axes[1].set_xlabel("generator step")
         axes[1].legend()
+        for key, label, marker in (("classifier_auc", "classifier AUC (low-level)", "o-"), ("recall", "recall", "s-"), ("coverage", "coverage", "^-")):
+            points = [(r["step"], r[key]) for r in eval_rows if r.get(key) is not None]  # runs logged before the AUC have none
+            if points:
+                axes[2].plot(*zip(*points), marker, label=label)
+        axes[2].axhline(0.5, color="grey", lw=0.8, ls=":")
+        axes[2].set_ylim(0.0, 1.02)
+        axes[2].set_xlabel("generator step")
+        axes[2].legend()
         fig.tight_layout()
         fig.savefig(run_dir / "monitor.png", dpi=80)
         plt.close(fig)

@@ -97,6 +97,8 @@ def test_tiny_run_improves_the_monitor_and_shows_its_health(tmp_path: Path, data
     # fixed monitor showers and fixed noise: the score's change is the model's, not sampling noise
     assert evals[-1]["score"] < 0.9 * evals[0]["score"], [r["score"] for r in evals]
     assert all(np.isfinite(r["wasserstein"]) for r in records if r["kind"] == "train")
+    assert all(0.0 <= r["classifier_auc"] <= 1.0 for r in evals)  # the target metric is watched too
+    assert evals[0]["classifier_auc"] > 0.9  # the untrained generator is told apart at once
     for name in ("config.json", "losses.png", "monitor.png", "grids/step_0000000.png", "grids/step_0000200.png", "checkpoint.safetensors"):
         assert (run / name).is_file(), name
     model = load(best)
