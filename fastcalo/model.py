@@ -95,6 +95,10 @@ class ModelConfig:
             GAN. ``"loss"``: an :class:`EnergyGenerator` trained with the generator, by the
             critic (which sees r) and an extra loss on the summed energy
             (:func:`fastcalo.train.summed_energy_mmd`).
+        critic_features: give the critic, beside the cells, five shower features computed from
+            them (energy-weighted centroid and width along x and y in cell units, the brightest
+            cell's fraction of the total): the lateral shape, which an MLP on 576 log energies
+            reads only indirectly, becomes one input each.
         negative_slope: of the LeakyReLU activations.
     """
 
@@ -108,6 +112,7 @@ class ModelConfig:
     quantile_tail: float = 0.0
     cell_noise: bool = False
     energy: str = "model"
+    critic_features: bool = False
     negative_slope: float = 0.2
 
     def __post_init__(self) -> None:
@@ -402,10 +407,19 @@ class Generator(nn.Module):
 class Critic(nn.Module):
     """Critic inputs (N, 576) in network units, conditions and standardised r -> scores (N,)."""
 
-    def __init__(self, config: ModelConfig, n_conditions: int, n_cells: int) -> None:
+    #: number of shower features added to the critic's inputs with ``config.critic_features``
+    N_FEATURES = 5
+
+    def __init__(self, config: ModelConfig, n_conditions: int, n_cells: int, preprocessing: Preprocessing | None = None) -> None:
         super().__init__()
         self.side = n_cells
         n_extra = n_conditions + 1
+        self.preprocessing = preprocessing or Preprocessing()
+        self.with_features = config.critic_features
+        if self.with_features:
+            n_extra += self.N_FEATURES
+            # cell centres in cell units, centred (not saved: derived from the detector's size)
+            self.register_buffer("coords", torch.arange(n_cells, dtype=torch.float32) - (n_cells - 1) / 2, persistent=False)
         slope = config.negative_slope
         if config.kind == "mlp":
             self.body: nn.Module = nn.Identity()
@@ -424,8 +438,22 @@ class Critic(nn.Module):
             n_features = ch * (n_cells // 4) ** 2
             self.head = _mlp([n_features + n_extra, *config.critic_hidden, 1], slope)
 
+    def shower_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 5) features of critic inputs ``x`` (network units), differentiable: centroid x, y and
+        width x, y (energy-weighted, in cells; x is the first image axis) and the brightest cell's
+        fraction of the total."""
+        cells = self.preprocessing.from_network(x).clamp_min(0.0).reshape(-1, self.side, self.side)
+        total = cells.sum(dim=(1, 2)).clamp_min(1e-6)
+        px, py = cells.sum(dim=2) / total[:, None], cells.sum(dim=1) / total[:, None]
+        cx, cy = px @ self.coords, py @ self.coords
+        wx = (px @ self.coords.square() - cx.square()).clamp_min(1e-4).sqrt()
+        wy = (py @ self.coords.square() - cy.square()).clamp_min(1e-4).sqrt()
+        brightest = cells.reshape(len(cells), -1).amax(dim=1) / total
+        return torch.stack([cx, cy, wx, wy, brightest], dim=1)
+
     def forward(self, x: torch.Tensor, c: torch.Tensor, r_code: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.cat([self.body(x), c, r_code[:, None]], dim=1))[:, 0]
+        extra = [c, r_code[:, None]] + ([self.shower_features(x)] if self.with_features else [])
+        return self.head(torch.cat([self.body(x), *extra], dim=1))[:, 0]
 
 
 class ShowerModel(nn.Module):
@@ -452,7 +480,7 @@ class ShowerModel(nn.Module):
         n_c = self.conditions.width
         self.energy: EnergyModel | EnergyGenerator = EnergyModel(config, n_c) if config.energy == "model" else EnergyGenerator(config, n_c)
         self.generator = Generator(config, n_c, detector.n_cells)
-        self.critic = Critic(config, n_c, detector.n_cells)
+        self.critic = Critic(config, n_c, detector.n_cells, self.preprocessing)
 
     def cells(
         self,

@@ -145,6 +145,12 @@ class TrainConfig:
             ``energy_lr``, constant).
         energy_loss_weight: weight of the summed-energy loss (:func:`summed_energy_mmd`) in the
             generator's loss, with ``model.energy = "loss"``.
+        ema_decay: if > 0, keep an exponential moving average of the generator's weights (Polyak
+            averaging; Yazici et al., arXiv:1806.04498, use 0.999-0.9999), updated after every
+            generator step from step ``ema_start`` on; evaluations, ``best/`` and ``final/`` then
+            use the averaged weights (training goes on with the raw ones). It damps the
+            step-to-step oscillation of the shower quality that the monitor shows.
+        ema_start: the generator step after which the average starts.
         eval_every: generator steps between evaluations on the monitor set (and checkpoints).
         seed: seeds parameters, batches and noise.
         threads: torch CPU threads (0: all cores).
@@ -163,6 +169,8 @@ class TrainConfig:
     energy_lr: float = 1e-3
     energy_batch: int = 1024
     energy_loss_weight: float = 10.0
+    ema_decay: float = 0.0
+    ema_start: int = 0
     eval_every: int = 1000
     seed: int = 0
     threads: int = 0
@@ -178,6 +186,9 @@ class TrainConfig:
                 msg = f"train.{name} must be a positive integer, got {value!r}"
                 raise ValueError(msg)
         object.__setattr__(self, "betas", tuple(self.betas))
+        if not 0.0 <= self.ema_decay < 1.0 or not isinstance(self.ema_start, int) or self.ema_start < 0:
+            msg = f"train.ema_decay must be in [0, 1) and train.ema_start an integer >= 0, got {self.ema_decay!r} and {self.ema_start!r}"
+            raise ValueError(msg)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -366,13 +377,17 @@ def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list
 
 
 def _only_longer(stored: dict[str, Any], wanted: dict[str, Any], run_dir: Path) -> bool:
-    """Whether ``wanted`` differs from the run's ``stored`` config only by more generator steps, so
-    that the run can go on: nothing in a step depends on the total (the GAN's learning rate is
-    constant), so a run extended from its checkpoint is the longer run."""
-    if {**stored, "train": {**stored["train"], "steps": wanted["train"]["steps"]}} != wanted:
-        return False
+    """Whether ``wanted`` differs from the run's ``stored`` config only by more generator steps (and
+    weight-averaging settings that start after the steps done), so that the run can go on: nothing
+    in a step depends on the total (the GAN's learning rate is constant) and the average never
+    feeds back into training, so a run extended from its checkpoint is the longer run."""
     checkpoint = run_dir / "checkpoint.json"
     done = json.loads(checkpoint.read_text())["step"] if checkpoint.is_file() else 0
+    free = ["steps"]
+    if all(c["train"]["ema_decay"] == 0 or c["train"]["ema_start"] >= done for c in (stored, wanted)):
+        free += ["ema_decay", "ema_start"]  # no averaging has begun in either
+    if {**stored, "train": {**stored["train"], **{k: wanted["train"][k] for k in free}}} != wanted:
+        return False
     if wanted["train"]["steps"] < done:
         msg = f"{run_dir} has already trained {done} steps; train.steps = {wanted['train']['steps']} cannot shorten it"
         raise ValueError(msg)
@@ -544,11 +559,20 @@ def _restore_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict[st
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
-def _save_checkpoint(run_dir: Path, model: ShowerModel, optimizers: dict[str, torch.optim.Optimizer], rng_states: list[torch.Tensor], info: dict[str, Any]) -> None:
-    """``checkpoint.safetensors`` (weights, optimizer moments, RNG state) + ``checkpoint.json``, atomically."""
+def _save_checkpoint(
+    run_dir: Path,
+    model: ShowerModel,
+    optimizers: dict[str, torch.optim.Optimizer],
+    rng_states: list[torch.Tensor],
+    info: dict[str, Any],
+    ema: list[torch.Tensor] | None = None,
+) -> None:
+    """``checkpoint.safetensors`` (weights, optimizer moments, RNG state, averaged weights) +
+    ``checkpoint.json``, atomically."""
     from safetensors.torch import save_file
 
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors.update({f"ema.{i}": t.detach().cpu().contiguous() for i, t in enumerate(ema or [])})
     groups = {}
     for prefix, opt in optimizers.items():
         extra, groups[prefix] = _optimizer_tensors(prefix, opt)
@@ -577,7 +601,8 @@ def _load_checkpoint(
         msg = f"{run_dir}: the checkpoint holds no random state for process {rank} (was it made with fewer processes?)"
         raise ValueError(msg)
     rng.set_state(tensors[f"rng.{rank}"])
-    return dict(meta)
+    ema = [tensors[f"ema.{i}"] for i in range(sum(k.startswith("ema.") for k in tensors))]
+    return dict(meta, ema=ema or None)
 
 
 def train(
@@ -625,7 +650,7 @@ def train(
             if lead:
                 print(f"extending {run_dir} from {stored['train']['steps']} to {tc.steps} generator steps")
         elif stored != wanted:
-            msg = f"{run_dir} holds a run with a different config ({', '.join(_differences(stored, wanted))}); choose another directory (only train.steps may grow)"
+            msg = f"{run_dir} holds a run with a different config ({', '.join(_differences(stored, wanted))}); choose another directory (only train.steps may grow, and the weight averaging change if it starts after the steps done)"
             raise ValueError(msg)
     _barrier(world)  # every process has checked the directory before process 0 writes to it
     if lead:
@@ -676,9 +701,17 @@ def train(
     }
     info: dict[str, Any] = {"step": 0, "energy_done": False, "best_score": None, "best_step": None, "last_score": None, "seconds": 0.0}
     log_path = run_dir / "metrics.jsonl"
+    averaged = [p for m in owners["generator"] for p in m.parameters()]  # what the EMA averages
+    ema: list[torch.Tensor] | None = None  # the averaged weights, from step ema_start on
     if (run_dir / "checkpoint.safetensors").is_file():
         info = _load_checkpoint(run_dir, model, optimizers, rng, rank=rank)
         info.pop("param_groups", None)
+        ema = info.pop("ema")
+        if ema is not None:
+            ema = [t.to(device) for t in ema]
+        if tc.ema_decay > 0 and info["step"] > tc.ema_start and (ema is None or len(ema) != len(averaged)):
+            msg = f"{run_dir}: the checkpoint (step {info['step']}) holds no averaged weights for ema_start = {tc.ema_start}"
+            raise ValueError(msg)
         if lead:
             kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= info["step"]] if log_path.is_file() else []
             log_path.write_text("".join(line + "\n" for line in kept))
@@ -698,8 +731,37 @@ def train(
     def checkpoint() -> None:
         states = _gather_rng(rng, world)
         if lead:
-            _save_checkpoint(run_dir, model, optimizers, states, info)
+            _save_checkpoint(run_dir, model, optimizers, states, info, ema)
         _barrier(world)
+
+    def update_ema(done: int) -> None:
+        nonlocal ema
+        if tc.ema_decay <= 0 or done <= tc.ema_start:
+            return
+        with torch.no_grad():
+            if ema is None:
+                ema = [p.detach().clone() for p in averaged]
+            else:
+                torch._foreach_lerp_(ema, [p.detach() for p in averaged], 1.0 - tc.ema_decay)
+
+    import contextlib
+
+    @contextlib.contextmanager
+    def averaged_weights() -> Any:
+        """The generator with the averaged weights inside the block (if there are any)."""
+        if ema is None:
+            yield
+            return
+        raw = [p.detach().clone() for p in averaged]
+        with torch.no_grad():
+            for p, a in zip(averaged, ema):
+                p.copy_(a)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, r in zip(averaged, raw):
+                    p.copy_(r)
 
     def step_with(name: str, loss: torch.Tensor) -> None:
         optimizers[name].zero_grad(set_to_none=True)
@@ -720,14 +782,16 @@ def train(
         if not lead:
             return
         model.eval()
-        generated = _generate(model, held, z_fixed, u_fixed, cells_fixed)
+        with averaged_weights():
+            generated = _generate(model, held, z_fixed, u_fixed, cells_fixed)
         gen_data = dataclasses.replace(monitor_data, images=generated.reshape(-1, detector.n_cells, detector.n_cells))
         metrics = evaluate(monitor_data, gen_data)
         log({"step": done, "kind": "eval", **metrics, "seconds": time.perf_counter() - started})
         info["last_score"] = metrics["score"]
         if info["best_score"] is None or metrics["score"] < info["best_score"]:
             info["best_score"], info["best_step"] = metrics["score"], done
-            save(model, run_dir / "best", training=dict(wanted, step=done, score=metrics["score"]), overwrite=True)
+            with averaged_weights():
+                save(model, run_dir / "best", training=dict(wanted, step=done, score=metrics["score"], averaged=ema is not None), overwrite=True)
         _plot_grid(monitor_data, gen_data, run_dir / "grids" / f"step_{done:07d}.png", title=f"step {done}")
         _plot_history(log_path, run_dir)
 
@@ -793,6 +857,7 @@ def train(
             loss_g = loss_g + tc.energy_loss_weight * mmd
             sums["energy_mmd"] = sums.get("energy_mmd", 0.0) + mmd.item()
         step_with("generator", loss_g)
+        update_ema(step + 1)
         sums["generator_loss"] = sums.get("generator_loss", 0.0) + loss_g.item()
         sums["n"] = sums.get("n", 0.0) + 1
         bar.update(1)
@@ -816,7 +881,8 @@ def train(
             break
     bar.close()
     if info["step"] >= tc.steps and lead:
-        save(model, run_dir / "final", training=dict(wanted, step=tc.steps, processes=world), overwrite=True)
+        with averaged_weights():
+            save(model, run_dir / "final", training=dict(wanted, step=tc.steps, processes=world, averaged=ema is not None), overwrite=True)
     if world > 1:
         _check_in_sync(model, run_dir, lead)
         if owns_group:  # leave no communication threads behind at interpreter exit

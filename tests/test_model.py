@@ -16,6 +16,7 @@ CONFIGS = {
     "mlp": ModelConfig(latent_dim=8, generator_hidden=(32, 64), critic_hidden=(64, 32), energy_hidden=(16,), n_quantiles=20),
     "conv": ModelConfig(kind="conv", latent_dim=8, conv_channels=8, critic_hidden=(16,), energy_hidden=(16,), n_quantiles=20),
     "mlp-cell-noise": ModelConfig(latent_dim=8, generator_hidden=(32,), critic_hidden=(32,), energy_hidden=(16,), n_quantiles=20, cell_noise=True),
+    "mlp-critic-features": ModelConfig(latent_dim=8, generator_hidden=(32,), critic_hidden=(32,), energy_hidden=(16,), n_quantiles=20, critic_features=True),
     "mlp-energy-loss": ModelConfig(latent_dim=8, generator_hidden=(32,), critic_hidden=(32,), energy_hidden=(16,), energy="loss"),
 }
 PARTICLES = {
@@ -242,3 +243,22 @@ def test_the_shipped_default_model_loads_and_gets_the_response_right() -> None:
     images = model.sample(energy=np.full(n, 10.0), eta=np.random.uniform(-1.5, 1.5, n), pdgid=np.full(n, 22),
                           impact_x=np.random.uniform(0, 10, n), impact_y=np.random.uniform(0, 10, n), seed=5)
     assert images.sum(axis=(1, 2)).mean() / 10.0 == pytest.approx(0.9733, rel=0.01)
+
+
+def test_critic_features_are_the_validation_features() -> None:
+    """The critic's shower features (critic_features) equal fastcalo.validation's for MC showers:
+    centroids and widths (in cells here, mm there) and the brightest cell's fraction."""
+    from fastcalo import mc
+    from fastcalo.validation.observables import features
+
+    model = ShowerModel(ModelConfig(latent_dim=8, generator_hidden=(32,), critic_hidden=(32,), critic_features=True))
+    showers = mc.simulate(np.array([2.0, 20.0, 50.0]), np.array([0.0, 0.7, -1.2]), "photon", seed=4).showers
+    x = model.preprocessing.to_network(torch.as_tensor(showers.images.reshape(3, -1), dtype=torch.float32))
+    got = model.critic.shower_features(x).double().numpy()
+    ref = features(showers)
+    size, centre = model.detector.cell_size, 0.5 * (model.detector.cell_edges[0] + model.detector.cell_edges[-1])
+    np.testing.assert_allclose(got[:, 0], (ref["centroid_x"] - centre) / size, atol=2e-3)
+    np.testing.assert_allclose(got[:, 1], (ref["centroid_y"] - centre) / size, atol=2e-3)
+    np.testing.assert_allclose(got[:, 2], ref["width_x"] / size, rtol=2e-3)
+    np.testing.assert_allclose(got[:, 3], ref["width_y"] / size, rtol=2e-3)
+    np.testing.assert_allclose(got[:, 4], showers.images.reshape(3, -1).max(1) / showers.images.sum(axis=(1, 2)), rtol=2e-3)

@@ -39,6 +39,8 @@ energy_steps = 200
 threads = 1
 loss = "{loss}"
 n_critic = {n_critic}
+ema_decay = {ema_decay}
+ema_start = {ema_start}
 """
 
 
@@ -52,11 +54,14 @@ def tiny_config(
     n_critic: int = 5,
     cell_noise: bool = False,
     energy: str = "model",
+    ema_decay: float = 0.0,
+    ema_start: int = 0,
 ) -> Path:
-    path = tmp_path / f"tiny-{loss}-{steps}-{cell_noise}-{energy}.toml"
+    path = tmp_path / f"tiny-{loss}-{steps}-{cell_noise}-{energy}-{n_critic}-{ema_decay}-{ema_start}.toml"
     text = TINY.format(
-        data_dir=data_dir, steps=steps, eval_every=eval_every, loss=loss, n_critic=n_critic, cell_noise=str(cell_noise).lower(), energy=energy
-    )
+        data_dir=data_dir, steps=steps, eval_every=eval_every, loss=loss, n_critic=n_critic, cell_noise=str(cell_noise).lower(), energy=energy,
+        ema_decay=ema_decay, ema_start=ema_start,
+    )  # fmt: skip
     path.write_text(text)
     return path
 
@@ -234,3 +239,27 @@ def test_a_run_can_be_extended_and_is_then_the_longer_run(tmp_path: Path, data_d
     other = load_config(tiny_config(tmp_path, data_dir, steps=60, eval_every=20, n_critic=3))
     with pytest.raises(ValueError, match=r"different config \(train.n_critic, train.steps\)"):
         train(other, tmp_path / "extended", progress=False)
+
+
+def test_weight_averaging_resumes_and_extends_exactly(tmp_path: Path, data_dir: Path) -> None:
+    """train.ema_decay: the saved models carry the averaged generator, not the raw one that trains
+    on; the average survives a resume, and adding it to a finished run as an extension (starting
+    after its steps) gives exactly the run that had it in its config from the start."""
+    short = load_config(tiny_config(tmp_path, data_dir, steps=20, eval_every=20))
+    averaged = load_config(tiny_config(tmp_path, data_dir, steps=40, eval_every=20, ema_decay=0.9, ema_start=20))
+    train(averaged, tmp_path / "straight", progress=False)
+    train(averaged, tmp_path / "resumed", progress=False, until=30)
+    train(averaged, tmp_path / "resumed", progress=False)
+    train(short, tmp_path / "extended", progress=False)
+    train(averaged, tmp_path / "extended", progress=False)
+    finals = [load_file(str(tmp_path / name / "final" / "model.safetensors")) for name in ("straight", "resumed", "extended")]
+    for other in finals[1:]:
+        for key in finals[0]:
+            torch.testing.assert_close(other[key], finals[0][key], rtol=0, atol=0, msg=key)
+    raw = load_file(str(tmp_path / "straight" / "checkpoint.safetensors"))
+    generator = [k for k in finals[0] if k.startswith("generator.")]
+    assert generator and all(not torch.equal(finals[0][k], raw[f"model.{k}"]) for k in generator if k.endswith("weight"))
+    assert all(torch.equal(finals[0][k], raw[f"model.{k}"]) for k in finals[0] if k.startswith("critic."))
+    assert json.loads((tmp_path / "straight" / "final" / "model.json").read_text())["training"]["averaged"] is True
+    with pytest.raises(ValueError, match="ema_start"):  # the average cannot start before steps already done
+        train(load_config(tiny_config(tmp_path, data_dir, steps=60, eval_every=20, ema_decay=0.9, ema_start=10)), tmp_path / "extended", progress=False)
