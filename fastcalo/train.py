@@ -148,8 +148,9 @@ class TrainConfig:
         ema_decay: if > 0, keep an exponential moving average of the generator's weights (Polyak
             averaging; Yazici et al., arXiv:1806.04498, use 0.999-0.9999), updated after every
             generator step from step ``ema_start`` on; evaluations, ``best/`` and ``final/`` then
-            use the averaged weights (training goes on with the raw ones). It damps the
-            step-to-step oscillation of the shower quality that the monitor shows.
+            use the averaged weights (training goes on with the raw ones), and ``best/`` is the
+            averaged evaluation with the lowest score. It damps the step-to-step oscillation of
+            the shower quality that the monitor shows.
         ema_start: the generator step after which the average starts.
         eval_every: generator steps between evaluations on the monitor set (and checkpoints).
         seed: seeds parameters, batches and noise.
@@ -188,6 +189,9 @@ class TrainConfig:
         object.__setattr__(self, "betas", tuple(self.betas))
         if not 0.0 <= self.ema_decay < 1.0 or not isinstance(self.ema_start, int) or self.ema_start < 0:
             msg = f"train.ema_decay must be in [0, 1) and train.ema_start an integer >= 0, got {self.ema_decay!r} and {self.ema_start!r}"
+            raise ValueError(msg)
+        if self.ema_decay > 0 and self.ema_start >= self.steps:
+            msg = f"train.ema_start ({self.ema_start}) must be below train.steps ({self.steps}): the average would never start"
             raise ValueError(msg)
 
 
@@ -788,7 +792,13 @@ def train(
         metrics = evaluate(monitor_data, gen_data)
         log({"step": done, "kind": "eval", **metrics, "seconds": time.perf_counter() - started})
         info["last_score"] = metrics["score"]
-        if info["best_score"] is None or metrics["score"] < info["best_score"]:
+        # with weight averaging the kept model is an averaged one: raw evaluations before ema_start
+        # are logged but not kept, and the first averaged one replaces a raw best (of a run extended
+        # with averaging), as in a run that had it from the start
+        candidate = tc.ema_decay == 0 or ema is not None
+        if candidate and tc.ema_decay > 0 and not info.get("best_averaged"):
+            info["best_score"], info["best_averaged"] = None, True
+        if candidate and (info["best_score"] is None or metrics["score"] < info["best_score"]):
             info["best_score"], info["best_step"] = metrics["score"], done
             with averaged_weights():
                 save(model, run_dir / "best", training=dict(wanted, step=done, score=metrics["score"], averaged=ema is not None), overwrite=True)

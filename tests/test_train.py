@@ -261,5 +261,8 @@ def test_weight_averaging_resumes_and_extends_exactly(tmp_path: Path, data_dir: 
     assert generator and all(not torch.equal(finals[0][k], raw[f"model.{k}"]) for k in generator if k.endswith("weight"))
     assert all(torch.equal(finals[0][k], raw[f"model.{k}"]) for k in finals[0] if k.startswith("critic."))
     assert json.loads((tmp_path / "straight" / "final" / "model.json").read_text())["training"]["averaged"] is True
+    for name in ("straight", "extended"):  # the kept model is an averaged one (evaluated at step 40), also when extended
+        kept = json.loads((tmp_path / name / "best" / "model.json").read_text())["training"]
+        assert kept["averaged"] is True and kept["step"] == 40, (name, kept["step"])
     with pytest.raises(ValueError, match="ema_start"):  # the average cannot start before steps already done
         train(load_config(tiny_config(tmp_path, data_dir, steps=60, eval_every=20, ema_decay=0.9, ema_start=10)), tmp_path / "extended", progress=False)
