@@ -746,7 +746,8 @@ def train(
             if ema is None:
                 ema = [p.detach().clone() for p in averaged]
             else:
-                torch._foreach_lerp_(ema, [p.detach() for p in averaged], 1.0 - tc.ema_decay)
+                for a, p in zip(ema, averaged):
+                    a.lerp_(p.detach(), 1.0 - tc.ema_decay)
 
     import contextlib
 
