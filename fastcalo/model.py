@@ -199,10 +199,16 @@ class Preprocessing:
         return torch.where(cells >= self.threshold, cells, torch.zeros((), dtype=cells.dtype, device=cells.device))
 
     def zero_suppress_(self, cells: torch.Tensor) -> torch.Tensor:
-        """:meth:`zero_suppress` (hard) in place, in one pass: ``threshold_`` keeps x > t, so t is the
-        float32 just below the threshold (for float32 cells exactly ``x >= threshold``)."""
-        below = float(np.nextafter(np.float32(self.threshold), np.float32(-np.inf)))
-        return nn.functional.threshold_(cells, below, 0.0)
+        """:meth:`zero_suppress` (hard) in place. For float32 in one pass: ``threshold_`` keeps x > t,
+        so t is the float32 just below the threshold (exactly ``x >= threshold``); other dtypes
+        compare as :meth:`zero_suppress` does. NaN cells are zeroed, as there."""
+        if cells.dtype == torch.float32:
+            below = float(np.nextafter(np.float32(self.threshold), np.float32(-np.inf)))
+            nn.functional.threshold_(cells, below, 0.0)
+            if cells.isnan().any():  # threshold_ lets NaN through (x <= t is false for NaN)
+                cells.nan_to_num_(0.0, 0.0, 0.0)
+            return cells
+        return cells.masked_fill_(~(cells >= self.threshold), 0.0)
 
 
 class Conditions:
@@ -498,15 +504,19 @@ class ShowerModel(nn.Module):
         to E_dep exactly (the energy model owns the total; without cell noise the scale factor is
         >= 1, so no kept cell drops below threshold; with it, cells pushed below are suppressed
         again, which loses at most a few threshold-sized cells)."""
-        shape = torch.softmax(self.generator(z, c, r_code), dim=1)
-        total = (self.preprocessing.decode_r(r_code).clamp_min(0.0) * e_inc)[:, None]
+        # the network in its own precision (half precision in a Simulator that asks for it), the
+        # energies from its logits on (total, noise, threshold, rescaling) in float32
+        shape = torch.softmax(self.generator(z, c, r_code.to(c.dtype)).float(), dim=1)
+        total = (self.preprocessing.decode_r(r_code.float()).clamp_min(0.0) * e_inc.float())[:, None]
         deposit = shape * total
         if self.config.cell_noise and noise is None:
             msg = "this model adds cell noise (config.cell_noise): pass noise, standard normals of shape (N, n_cells)"
             raise ValueError(msg)
+        if noise is not None:
+            noise = noise.float()
         if not soft and not torch.is_grad_enabled():  # generation: the same steps, in place (fewer passes over memory)
             if self.config.cell_noise:
-                deposit.add_(noise, alpha=self.detector.response.noise)
+                deposit.add_(noise * self.detector.response.noise)  # rounded as the training path rounds it
             self.preprocessing.zero_suppress_(deposit)  # negatives too: the threshold is positive
             deposit.mul_(total / deposit.sum(dim=1, keepdim=True).clamp_min(1e-12))
             if self.config.cell_noise:
@@ -527,7 +537,8 @@ class ShowerModel(nn.Module):
         """Showers (N, 576) in GeV from encoded conditions, incident energies (GeV), latent noise,
         uniform variates ``u`` (N,) for the energy model and (if ``config.cell_noise``) standard
         normal cell noise (N, 576); deterministic given its inputs."""
-        r_code = self.energy.sample(c, u)
+        precision = next(self.energy.parameters()).dtype  # float32 also in a half-precision Simulator
+        r_code = self.energy.sample(c.to(precision), u.to(precision))
         return self.cells(z, c, r_code, e_inc, soft=False, noise=noise)
 
     def sample(

@@ -184,7 +184,7 @@ class Simulator:
         self._source: tuple[str, Any]
         if isinstance(model, ShowerModel):
             self._source = ("memory", _model_bytes(model))
-            self.model = model.to(self.device, _DTYPES[dtype]).eval()
+            self.model = _placed(model, self.device, dtype)
         else:
             path = DEFAULT_MODEL if str(model) == "default" else Path(model)
             self._source = ("path", str(Path(path).resolve()))
@@ -539,7 +539,7 @@ class Simulator:
         n = len(columns)
         if n < _MIN_ROWS:  # matrix-vector kernels round differently from matrix-matrix ones: pad
             inputs = [torch.cat([x, x[:1].expand(_MIN_ROWS - n, *x.shape[1:])]) for x in inputs]
-        inputs = [x.to(dtype) for x in inputs]
+        inputs = [x if k == 3 else x.to(dtype) for k, x in enumerate(inputs)]  # u stays float32, as the energy model
         out = self.model.generate(*inputs[:4], inputs[4] if noise is not None else None)[:n]
         side = self.detector.n_cells
         images = out.float().reshape(-1, side, side).cpu().numpy()
@@ -680,6 +680,15 @@ def _progress(total: int, enabled: bool, description: str) -> Any:
     return tqdm(total=total, unit=" events", desc=description, disable=not enabled, leave=False)
 
 
+def _placed(model: ShowerModel, device: torch.device, dtype: str) -> ShowerModel:
+    """The model on ``device`` in ``dtype``, but for its energy model: that stays float32, whose
+    quantile levels near 0 and 1 (down to 1e-3) and uniform variates half precision cannot resolve."""
+    model = model.to(device)
+    for network in (model.generator, model.critic):  # not the energy model: a round trip would round its levels
+        network.to(_DTYPES[dtype])
+    return model.eval()
+
+
 def _cached_model(path: str, device: torch.device, dtype: str) -> ShowerModel:
     from .model import _sha256
 
@@ -687,7 +696,7 @@ def _cached_model(path: str, device: torch.device, dtype: str) -> ShowerModel:
     key = (path, digest, str(device), dtype)
     with _MODELS_LOCK:
         if key not in _MODELS:
-            _MODELS[key] = load(path).to(device, _DTYPES[dtype]).eval()
+            _MODELS[key] = _placed(load(path), device, dtype)
         return _MODELS[key]
 
 

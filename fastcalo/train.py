@@ -705,7 +705,8 @@ def train(
     }
     info: dict[str, Any] = {"step": 0, "energy_done": False, "best_score": None, "best_step": None, "last_score": None, "seconds": 0.0}
     log_path = run_dir / "metrics.jsonl"
-    averaged = [p for m in owners["generator"] for p in m.parameters()]  # what the EMA averages
+    # what the EMA averages: parameters and floating-point buffers (BatchNorm running statistics)
+    averaged = [p for m in owners["generator"] for p in (*m.parameters(), *m.buffers()) if p.is_floating_point()]
     ema: list[torch.Tensor] | None = None  # the averaged weights, from step ema_start on
     if (run_dir / "checkpoint.safetensors").is_file():
         info = _load_checkpoint(run_dir, model, optimizers, rng, rank=rank)

@@ -262,3 +262,17 @@ def test_critic_features_are_the_validation_features() -> None:
     np.testing.assert_allclose(got[:, 2], ref["width_x"] / size, rtol=2e-3)
     np.testing.assert_allclose(got[:, 3], ref["width_y"] / size, rtol=2e-3)
     np.testing.assert_allclose(got[:, 4], showers.images.reshape(3, -1).max(1) / showers.images.sum(axis=(1, 2)), rtol=2e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_in_place_zero_suppression_equals_the_plain_one(dtype: torch.dtype) -> None:
+    """Generation's one-pass threshold keeps exactly the cells the plain comparison keeps (at the
+    threshold and one step either side, in any precision) and zeroes NaN as it does."""
+    for threshold in (0.001, 0.005, 0.0123):
+        pre = Preprocessing(threshold=threshold)
+        at = torch.tensor(threshold, dtype=dtype)
+        values = torch.stack([at, torch.nextafter(at, torch.tensor(0.0, dtype=dtype)), torch.nextafter(at, torch.tensor(1.0, dtype=dtype))])
+        cells = torch.cat([values, torch.tensor([float("nan"), -1.0, 0.0, 2.0], dtype=dtype)])
+        expected = pre.zero_suppress(cells.clone())
+        got = pre.zero_suppress_(cells.clone())
+        assert torch.equal(got, expected), (threshold, dtype, got, expected)
