@@ -495,22 +495,19 @@ class Simulator:
         inference = torch.is_inference_mode_enabled()  # thread-local: the pool's threads take it from here
 
         def draw(block: int) -> None:
-            with torch.inference_mode(inference):
-                draw_block(block)
-
-        def draw_block(block: int) -> None:
             lo, hi = max(first, block * BLOCK), min(first + n, (block + 1) * BLOCK)
             inside = slice(lo - block * BLOCK, hi - block * BLOCK)
             target = slice(lo - first, hi - first)
             key = _block_seed(self.seed, block, stream)
             gen = torch.Generator(device=self.device).manual_seed(key)
-            z[target] = torch.randn((BLOCK, latent), generator=gen, device=self.device)[inside]
-            u[target] = torch.rand((BLOCK,), generator=gen, device=self.device)[inside]
-            if noise is not None:
-                if hi - lo == BLOCK:  # a whole block: straight into place
-                    torch.randn((BLOCK, cells), generator=gen, out=noise[target])
-                else:
-                    noise[target] = torch.randn((BLOCK, cells), generator=gen, device=self.device)[inside]
+            with torch.inference_mode(inference):
+                z[target] = torch.randn((BLOCK, latent), generator=gen, device=self.device)[inside]
+                u[target] = torch.rand((BLOCK,), generator=gen, device=self.device)[inside]
+                if noise is not None:
+                    if hi - lo == BLOCK:  # a whole block: straight into place
+                        torch.randn((BLOCK, cells), generator=gen, out=noise[target])
+                    else:
+                        noise[target] = torch.randn((BLOCK, cells), generator=gen, device=self.device)[inside]
             impact[target] = np.random.Generator(np.random.Philox(key)).random((BLOCK, 2))[inside]
 
         blocks = range(first // BLOCK, (first + n - 1) // BLOCK + 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -750,8 +751,6 @@ def train(
                 for a, p in zip(ema, averaged):
                     a.lerp_(p.detach(), 1.0 - tc.ema_decay)
 
-    import contextlib
-
     @contextlib.contextmanager
     def averaged_weights() -> Any:
         """The generator with the averaged weights inside the block (if there are any)."""
@@ -839,17 +838,17 @@ def train(
                 r_fake = model.energy.sample(c, torch.rand((tc.batch_size,), generator=rng, device=device)) if learned_energy else r_code
                 fake = model.preprocessing.to_network(model.cells(z, c, r_fake, e, soft=True, noise=cell_noise(tc.batch_size)))
             d_real, d_fake = model.critic(x, c, r_code), model.critic(fake, c, r_fake)
-            if tc.loss == "wgan-gp" and learned_energy:  # r is a critic input the generator makes: penalise its gradient too
-                gp = gradient_penalty(
-                    lambda xr, c_: model.critic(xr[:, :-1], c_, xr[:, -1]),
-                    torch.cat([x, r_code[:, None]], dim=1),
-                    torch.cat([fake, r_fake[:, None]], dim=1),
-                    c,
-                    generator=rng,
-                )
-            elif tc.loss == "wgan-gp":
-                gp = gradient_penalty(model.critic, x, fake, c, r_code, generator=rng)
             if tc.loss == "wgan-gp":
+                if learned_energy:  # r is a critic input the generator makes: penalise its gradient too
+                    gp = gradient_penalty(
+                        lambda xr, c_: model.critic(xr[:, :-1], c_, xr[:, -1]),
+                        torch.cat([x, r_code[:, None]], dim=1),
+                        torch.cat([fake, r_fake[:, None]], dim=1),
+                        c,
+                        generator=rng,
+                    )
+                else:
+                    gp = gradient_penalty(model.critic, x, fake, c, r_code, generator=rng)
                 loss_c = d_fake.mean() - d_real.mean() + tc.gp_lambda * gp
                 sums["gp"] = sums.get("gp", 0.0) + gp.item() / tc.n_critic
             else:
