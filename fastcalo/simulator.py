@@ -7,8 +7,9 @@ original event structure (or to ROOT / HDF5, chunk by chunk).
 Randomness is keyed by the particle's *global index* (its position in the flattened input, or in
 the whole file for :meth:`Simulator.run_file`): the random numbers of particle ``i`` come from
 block ``i // BLOCK`` of a stream seeded by ``(seed, block)``. So a shower depends only on the seed,
-the particle's conditions and its index: the output is identical at any batch size, chunk size or
-number of dask workers (on the same device type and dtype).
+the particle's conditions and its index: on the CPU the output is bit-identical at any batch size,
+chunk size or number of dask workers (for the same dtype and number of torch threads: the networks
+always run on whole, aligned blocks); on a GPU it agrees to float rounding.
 
 Particles outside the model's trained ranges (energy, |eta|, particle type) follow the
 ``out_of_range`` policy: ``"error"`` (default) raises, ``"clip"`` moves energy and eta to the
@@ -46,8 +47,8 @@ log = logging.getLogger("fastcalo.simulator")
 #: Particles per random-number block: the unit in which random streams are keyed.
 BLOCK = 1024
 
-# The fewest rows per generator call: below this, BLAS takes matrix-vector paths whose rounding
-# differs from the matrix-matrix kernels, and a shower would depend on the batch it fell in.
+# The fewest rows per generator call on a GPU: below this, BLAS takes matrix-vector paths whose
+# rounding differs from the matrix-matrix kernels (on the CPU every call has BLOCK rows).
 _MIN_ROWS = 16
 
 #: The policies for particles outside the model's trained ranges.
@@ -110,6 +111,25 @@ class _Columns:
         return _Columns(
             self.energy[index], self.eta[index], self.phi[index], self.pdgid[index], take(self.impact_x), take(self.impact_y)
         )
+
+
+@dataclass(frozen=True)
+class _BlockDraws:
+    """The random numbers of one block of BLOCK particles (see :meth:`Simulator._draws`)."""
+
+    z: torch.Tensor
+    u: torch.Tensor
+    noise: torch.Tensor | None
+    impact: np.ndarray
+
+
+def _padded(rows: torch.Tensor, inside: slice, length: int = BLOCK) -> torch.Tensor:
+    """``rows`` placed at ``inside`` of a tensor of ``length`` rows (the others: copies of the first)."""
+    if rows.shape[0] == length:
+        return rows
+    out = rows[:1].expand(length, *rows.shape[1:]).clone()
+    out[inside] = rows
+    return out
 
 
 @dataclass(frozen=True)
@@ -411,6 +431,9 @@ class Simulator:
         start = 0
         while start < n:
             stop = min(start + self.batch_size, n)
+            aligned = (first_index + stop) // BLOCK * BLOCK - first_index  # end batches on a block boundary
+            if stop < n and aligned > start:
+                stop = aligned
             try:
                 out, ix, iy = self._batch(used[start:stop], first_index + start, stream)
             except Exception as error:
@@ -481,65 +504,81 @@ class Simulator:
         pdgid = np.where(known, columns.pdgid, self.model.conditions.pdgids[0]).astype(np.int32)  # skipped anyway
         return energy, eta, pdgid, keep
 
-    def _draws(
-        self, first: int, n: int, stream: list[int] | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, np.ndarray]:
-        """The random inputs of particles ``first .. first + n - 1``: latent z, the energy model's
-        uniform u, cell noise (if the model adds it) on the device, impact-point uniforms (numpy)."""
+    def _draws(self, blocks: range, stream: list[int] | None = None) -> list[_BlockDraws]:
+        """The random inputs of whole blocks of particles (BLOCK rows each): latent z, the energy
+        model's uniforms u, cell noise (if the model adds it) on the device, impact-point
+        uniforms (numpy)."""
         latent = self.model.config.latent_dim
         cells = self.detector.n_total_cells if self.model.config.cell_noise else 0
-        z = torch.empty((n, latent), device=self.device)
-        u = torch.empty((n,), device=self.device)
-        noise = torch.empty((n, cells), device=self.device) if cells else None
-        impact = np.empty((n, 2))
         inference = torch.is_inference_mode_enabled()  # thread-local: the pool's threads take it from here
 
-        def draw(block: int) -> None:
-            lo, hi = max(first, block * BLOCK), min(first + n, (block + 1) * BLOCK)
-            inside = slice(lo - block * BLOCK, hi - block * BLOCK)
-            target = slice(lo - first, hi - first)
+        def draw(block: int) -> _BlockDraws:
             key = _block_seed(self.seed, block, stream)
             gen = torch.Generator(device=self.device).manual_seed(key)
             with torch.inference_mode(inference):
-                z[target] = torch.randn((BLOCK, latent), generator=gen, device=self.device)[inside]
-                u[target] = torch.rand((BLOCK,), generator=gen, device=self.device)[inside]
-                if noise is not None:
-                    if hi - lo == BLOCK:  # a whole block: straight into place
-                        torch.randn((BLOCK, cells), generator=gen, out=noise[target])
-                    else:
-                        noise[target] = torch.randn((BLOCK, cells), generator=gen, device=self.device)[inside]
-            impact[target] = np.random.Generator(np.random.Philox(key)).random((BLOCK, 2))[inside]
+                z = torch.randn((BLOCK, latent), generator=gen, device=self.device)
+                u = torch.rand((BLOCK,), generator=gen, device=self.device)
+                noise = torch.randn((BLOCK, cells), generator=gen, device=self.device) if cells else None
+            impact = np.random.Generator(np.random.Philox(key)).random((BLOCK, 2))
+            return _BlockDraws(z, u, noise, impact)
 
-        blocks = range(first // BLOCK, (first + n - 1) // BLOCK + 1)
         workers = torch.get_num_threads() if self.device.type == "cpu" else 1
-        if workers > 1 and len(blocks) > 1 and noise is not None:
+        if workers > 1 and len(blocks) > 1 and cells:
             # a seeded torch generator draws on one core: blocks (independent streams) in parallel
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(min(workers, len(blocks))) as pool:
-                list(pool.map(draw, blocks))
-        else:
-            for block in blocks:
-                draw(block)
-        return z, u, noise, impact
+                return list(pool.map(draw, blocks))
+        return [draw(block) for block in blocks]
 
     @torch.inference_mode()
     def _batch(self, columns: _Columns, first: int, stream: list[int] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        z, u, noise, impact = self._draws(first, len(columns), stream)
+        """Showers of particles ``first .. first + len(columns) - 1``.
+
+        On the CPU the networks always run on whole blocks (BLOCK rows, aligned on global
+        indices; rows outside the batch are padding): BLAS splits the rows of a matrix product
+        among threads and rounds a row by where the split puts it, so a shower is bit-identical
+        at any batch size and offset only if every row is computed in a matrix of the same shape,
+        at the same place. On a GPU the batch runs as one call (cuBLAS picks its kernels by
+        shape: showers at other batch sizes agree to float rounding).
+        """
+        n = len(columns)
+        blocks = range(first // BLOCK, (first + n - 1) // BLOCK + 1)
+        draws = self._draws(blocks, stream)
+        # each block's rows inside the batch (target) and inside the block (inside)
+        spans = [
+            (slice(lo - first, hi - first), slice(lo - b * BLOCK, hi - b * BLOCK))
+            for b in blocks
+            for lo, hi in [(max(first, b * BLOCK), min(first + n, (b + 1) * BLOCK))]
+        ]
+        impact = np.concatenate([d.impact[inside] for d, (_, inside) in zip(draws, spans, strict=True)])
         low, high = self.detector.central_cell
         ix = columns.impact_x if columns.impact_x is not None else low + (high - low) * impact[:, 0]
         iy = columns.impact_y if columns.impact_y is not None else low + (high - low) * impact[:, 1]
         c = self.model.conditions.encode(energy=columns.energy, eta=columns.eta, pdgid=columns.pdgid, impact_x=ix, impact_y=iy)
+        c = c.to(self.device)
+        e_inc = torch.as_tensor(columns.energy, dtype=torch.float32).to(self.device)
+        if self.device.type == "cpu":
+            units = [
+                ([_padded(c[target], inside), _padded(e_inc[target], inside), d.z, d.u, d.noise], target, inside)
+                for d, (target, inside) in zip(draws, spans, strict=True)
+            ]
+        else:
+            def joined(name: str) -> torch.Tensor:
+                return torch.cat([getattr(d, name)[inside] for d, (_, inside) in zip(draws, spans, strict=True)])
+
+            rows = slice(0, n)
+            inputs = [c, e_inc, joined("z"), joined("u"), joined("noise") if draws[0].noise is not None else None]
+            if n < _MIN_ROWS:  # matrix-vector kernels round differently from matrix-matrix ones: pad
+                rows, inputs = slice(0, n), [None if x is None else _padded(x, rows, _MIN_ROWS) for x in inputs]
+            units = [(inputs, rows, rows)]
         dtype = _DTYPES[self.dtype]
-        e_inc = torch.as_tensor(columns.energy, dtype=torch.float32)
-        inputs = [c.to(self.device), e_inc.to(self.device), z, u] + ([] if noise is None else [noise])
-        n = len(columns)
-        if n < _MIN_ROWS:  # matrix-vector kernels round differently from matrix-matrix ones: pad
-            inputs = [torch.cat([x, x[:1].expand(_MIN_ROWS - n, *x.shape[1:])]) for x in inputs]
-        inputs = [x if k == 3 else x.to(dtype) for k, x in enumerate(inputs)]  # u stays float32, as the energy model
-        out = self.model.generate(*inputs[:4], inputs[4] if noise is not None else None)[:n]
         side = self.detector.n_cells
-        images = out.float().reshape(-1, side, side).cpu().numpy()
+        images = np.empty((n, side, side), dtype=np.float32)
+        for (cu, eu, z, u, noise), target, inside in units:
+            # u stays float32, as the energy model does
+            out = self.model.generate(cu.to(dtype), eu.to(dtype), z.to(dtype), u, None if noise is None else noise.to(dtype))
+            images[target] = out[inside].float().reshape(-1, side, side).cpu().numpy()
         return images, np.asarray(ix, dtype=np.float64), np.asarray(iy, dtype=np.float64)
 
     def _run_dask(self, events: Any, *, particle: str | int | None, first_index: int, stream: Any) -> Any:

@@ -13,6 +13,7 @@ from pathlib import Path
 import awkward as ak
 import numpy as np
 import pytest
+import torch
 import uproot
 
 import fastcalo
@@ -56,10 +57,22 @@ def test_sample_rejects_mismatched_lengths(sim: Simulator) -> None:
         sim.sample(energy=10.0, particle="muon", n=2)
 
 
-def test_same_showers_at_any_batch_size_and_offset() -> None:
+@pytest.mark.parametrize("threads", [1, 2])
+def test_same_showers_at_any_batch_size_and_offset(threads: int) -> None:
+    # two threads split a matrix product's rows between them: the middle row of an odd-sized
+    # batch used to round differently
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _same_showers_at_any_batch_size_and_offset()
+    finally:
+        torch.set_num_threads(before)
+
+
+def _same_showers_at_any_batch_size_and_offset() -> None:
     energy = np.geomspace(1.0, 100.0, 2 * BLOCK + 37)
     reference = Simulator(seed=5, batch_size=4096, device="cpu").sample(energy=energy, eta=0.1)
-    for batch in (1, 333, BLOCK, 5000):
+    for batch in (1, 333, 1041, BLOCK, 5000):
         if batch == 1:  # one particle at a time would be slow: check a window
             window = Simulator(seed=5, batch_size=1, device="cpu").sample(
                 energy=energy[BLOCK - 3 : BLOCK + 3], eta=0.1, first_index=BLOCK - 3
