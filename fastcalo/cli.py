@@ -146,6 +146,17 @@ def _simulate(args: argparse.Namespace) -> int:
         out_of_range=args.out_of_range,
     )
     sim.threads = args.threads or None
+    if (args.input is None) == (args.like is None):
+        msg = "give an input ROOT file of particles, or --like a shower file, not both" if args.like else "give an input ROOT file of particles (or --like a shower file)"
+        raise ValueError(msg)
+    if args.like is not None:
+        others = [name for name in ("tree", "collection", "branch", "particle", "copy_branches", "workers", "scheduler") if getattr(args, name) is not None]
+        if others:
+            msg = f"--like reads its particles from a shower file: --{', --'.join(o.replace('_', '-') for o in others)} do not apply"
+            raise ValueError(msg)
+        sim.run_like(args.like, args.output, step_size=args.step_size, overwrite=args.overwrite, progress=not args.no_progress)
+        log.info("wrote %s", args.output)
+        return 0
     client = _dask_client(args.workers, args.scheduler, args.threads or 1)
     try:
         sim.run_file(
@@ -245,10 +256,18 @@ def _parser() -> argparse.ArgumentParser:
         description="Read particle kinematics from a ROOT TTree (NanoAOD, Delphes, flat trees or an explicit "
         "branch mapping; docs/particles.md), generate one shower per particle and write them by event, "
         "atomically, to ROOT or HDF5 (docs/user-guide.md).",
-        epilog="example: fastcalo simulate events.root -o showers.root --collection Photon",
+        epilog="examples: fastcalo simulate events.root -o showers.root --collection Photon; "
+        "fastcalo simulate --like reference.h5 -o generated.h5",
     )
-    p.add_argument("input", type=Path, help="input ROOT file")
+    p.add_argument("input", type=Path, nargs="?", default=None, help="input ROOT file")
     p.add_argument("-o", "--output", type=Path, required=True, help="output file, .root or .h5")
+    p.add_argument(
+        "--like",
+        type=Path,
+        default=None,
+        help="instead of an input ROOT file: simulate exactly the particles (energy, eta, phi, pdgid, impact point) "
+        "of this shower file, e.g. a reference MC sample, into a flat shower file to compare with it",
+    )
     p.add_argument("--tree", default=None, help="input TTree (default: the only one in the file)")
     p.add_argument("--collection", default=None, help="particle collection, e.g. Photon, Electron, GenPart")
     p.add_argument("--preset", default="auto", choices=("auto", "nanoaod", "delphes", "flat"), help="input layout (default auto)")

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 
@@ -544,32 +545,35 @@ class ShowerModel(nn.Module):
     def sample(
         self,
         *,
-        energy: Any,
-        eta: Any,
-        pdgid: Any,
-        impact_x: Any,
-        impact_y: Any,
+        energy: npt.ArrayLike,
+        eta: npt.ArrayLike,
+        pdgid: npt.ArrayLike,
+        impact_x: npt.ArrayLike,
+        impact_y: npt.ArrayLike,
         seed: int = 0,
-    ) -> np.ndarray:
-        """Showers for the given particles: (N, 24, 24) float32 numpy, GeV (CPU, one batch)."""
-        c = self.conditions.encode(energy=energy, eta=eta, pdgid=pdgid, impact_x=impact_x, impact_y=impact_y)
-        n = c.shape[0]
-        gen = torch.Generator().manual_seed(seed)
-        z = torch.randn((n, self.config.latent_dim), generator=gen)
-        u = torch.rand((n,), generator=gen)
-        noise = torch.randn((n, self.detector.n_total_cells), generator=gen) if self.config.cell_noise else None
-        e_inc = torch.as_tensor(np.asarray(energy, dtype=np.float32))
+    ) -> npt.NDArray[np.float32]:
+        """Showers (N, 24, 24) float32 numpy, GeV, for the given particles, through the one
+        sampling path (:class:`fastcalo.engine.Engine`, as ``fastcalo.Simulator(model, seed=seed)``
+        draws them), on the model's device, in eval mode.
+
+        Example:
+            >>> model = ShowerModel(ModelConfig(latent_dim=4, generator_hidden=(16,), critic_hidden=(16,)))
+            >>> model.sample(energy=[5.0], eta=[0.0], pdgid=[22], impact_x=[5.0], impact_y=[5.0]).shape
+            (1, 24, 24)
+        """
+        from .engine import Engine, Particles
+
+        table = Particles.of(energy=energy, eta=eta, pdgid=pdgid, impact_x=impact_x, impact_y=impact_y)
         was_training = self.training
         self.eval()
         try:
-            out = self.generate(c, e_inc, z, u, noise)
+            return Engine(self, seed=seed).simulate(table).images
         finally:
             self.train(was_training)
-        side = self.detector.n_cells
-        return out.reshape(n, side, side).numpy().astype(np.float32, copy=False)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, hex (the weights checksum of model.json)."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -619,7 +623,7 @@ def save(
             "conditions": dataclasses.asdict(model.detector.conditions),
             "detector": model.detector.to_dict(),
             "training": training or {},
-            "weights_sha256": _sha256(weights),
+            "weights_sha256": file_sha256(weights),
         }
         (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         if target.exists():
@@ -659,7 +663,7 @@ def load(directory: str | os.PathLike[str], *, detector: Detector | None = None)
     if missing:
         msg = f"{meta_path}: missing key(s) {missing}"
         raise ModelFileError(msg)
-    digest = _sha256(weights)
+    digest = file_sha256(weights)
     if digest != meta["weights_sha256"]:
         msg = f"{weights}: sha256 {digest} does not match model.json ({meta['weights_sha256']}): corrupted or replaced weights"
         raise ModelFileError(msg)

@@ -36,7 +36,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ import uproot
 import vector
 from particle import Particle
 
+from ._names import near_misses
 from .detector import DEFAULT_DETECTOR, PARTICLES, pdgid_of
 
 __all__ = (
@@ -58,7 +58,9 @@ __all__ = (
     "OPTIONAL_FIELDS",
     "PRESETS",
     "BranchError",
+    "Reader",
     "TreeError",
+    "flatten",
     "iterate",
     "open_tree",
     "read",
@@ -135,7 +137,7 @@ class BranchError(KeyError):
         parts = [f"branch {branch!r} not found in {file}:{tree}"]
         if hint:
             parts.append(hint)
-        near = _near(branch, self.available)
+        near = near_misses(branch, self.available)
         if near:
             parts.append(f"did you mean {_or_list(near)}?")
         prefix = _prefix(branch)
@@ -466,7 +468,7 @@ def _open_file(path: str | os.PathLike[str]) -> Any:
         directory = target.parent if str(target.parent) else Path(".")
         msg = f"no such file: {text}"
         if directory.is_dir():
-            near = difflib.get_close_matches(target.name, [p.name for p in directory.iterdir()], n=3)
+            near = near_misses(target.name, [p.name for p in directory.iterdir()])
             if near:
                 msg += f"; did you mean {_or_list([str(directory / n) for n in near])}?"
         else:
@@ -491,7 +493,7 @@ def _get_tree(file: Any, path: str, tree: str | None) -> Any:
     if name in trees:
         return file[name]
     parts = [f"no tree {tree!r} in {path}"]
-    near = _near(name, trees)
+    near = near_misses(name, trees)
     if near:
         parts.append(f"did you mean {_or_list(near)}?")
     parts.append(f"the file has trees: {_listing(trees)}" if trees else "the file has no trees")
@@ -505,6 +507,76 @@ class _Plan:
     branches: dict[str, str]
     name: str | None
     select: bool
+
+
+@dataclass(frozen=True)
+class Reader:
+    """How to read particles from a ROOT tree: the options of :func:`read` and :func:`iterate`
+    as one object, to hand to whatever reads a file chunk by chunk.
+
+    Arguments:
+        tree, collection, preset, branches, particle: as in :func:`read`.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> path = write_example(pathlib.Path(tempfile.mkdtemp()) / "nano.root", n_events=10)
+        >>> photons = Reader(collection="Photon")
+        >>> len(photons.read(path, entry_stop=3)), [stop for _, stop, _ in photons.iterate(path, step_size=4)]
+        (3, [4, 8, 10])
+    """
+
+    tree: str | None = None
+    collection: str | None = None
+    preset: str = "auto"
+    branches: Mapping[str, str] | None = None
+    particle: str | int | None = None
+
+    def read(self, path: str | os.PathLike[str], *, entry_start: int | None = None, entry_stop: int | None = None) -> ak.Array:
+        """:func:`read` with these options."""
+        return read(
+            path, tree=self.tree, collection=self.collection, preset=self.preset, branches=self.branches,
+            particle=self.particle, entry_start=entry_start, entry_stop=entry_stop,
+        )  # fmt: skip
+
+    def iterate(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        step_size: int = 100_000,
+        entry_start: int | None = None,
+        entry_stop: int | None = None,
+    ) -> Iterator[tuple[int, int, ak.Array]]:
+        """:func:`iterate` with these options."""
+        return iterate(
+            path, tree=self.tree, collection=self.collection, preset=self.preset, branches=self.branches,
+            particle=self.particle, step_size=step_size, entry_start=entry_start, entry_stop=entry_stop,
+        )  # fmt: skip
+
+
+def flatten(table: ak.Array) -> tuple[ak.Array, np.ndarray | None]:
+    """Standard records as one flat array of particles, and the particles per event.
+
+    Arguments:
+        table: ``events * var * record`` or ``n * record``.
+
+    Returns:
+        The flat records and the per-event counts (None if ``table`` is already flat).
+
+    Raises:
+        ValueError: any other nesting.
+
+    Example:
+        >>> import awkward as ak
+        >>> flat, counts = flatten(ak.Array([[{"energy": 1.0}], [], [{"energy": 2.0}, {"energy": 3.0}]]))
+        >>> flat.energy.tolist(), counts.tolist()
+        ([1.0, 2.0, 3.0], [1, 0, 2])
+    """
+    if table.ndim == 1:
+        return table, None
+    if table.ndim != 2:
+        msg = f"expected particles as events * var * record or n * record, got {table.type}"
+        raise ValueError(msg)
+    return ak.flatten(table, axis=1), ak.to_numpy(ak.num(table, axis=1))
 
 
 def read(
@@ -798,12 +870,6 @@ def _prefix(name: str) -> str:
         if sep in name:
             return name.split(sep, 1)[0]
     return ""
-
-
-def _near(name: str, names: Sequence[str]) -> list[str]:
-    same_case = [n for n in names if n.lower() == name.lower() and n != name]
-    close = difflib.get_close_matches(name, list(names), n=3, cutoff=0.6)
-    return list(dict.fromkeys([*same_case, *close]))[:3]
 
 
 def _or_list(items: Sequence[Any]) -> str:

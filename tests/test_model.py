@@ -41,11 +41,13 @@ def test_sample_shapes_and_physics(model: ShowerModel) -> None:
     assert nonzero.min() >= model.preprocessing.threshold  # zero suppression: no cell below threshold
     # the cells sum to the energy model's E_dep = r E_inc (rescaled after suppression)
     c = model.conditions.encode(**PARTICLES)
-    g = torch.Generator().manual_seed(3)  # the draws of sample(seed=3): noise first, then u
-    torch.randn((5, model.config.latent_dim), generator=g)
-    u = torch.rand(5, generator=g)
+    g = torch.Generator().manual_seed(3)
+    z, u = torch.randn((5, model.config.latent_dim), generator=g), torch.rand(5, generator=g)
+    noise = torch.randn((5, model.detector.n_total_cells), generator=g) if model.config.cell_noise else None
+    model.eval()
+    cells = model.generate(c, torch.tensor(PARTICLES["energy"], dtype=torch.float32), z, u, noise)
     r = model.preprocessing.decode_r(model.energy.sample(c, u)).clamp_min(0)
-    sums = images.sum(axis=(1, 2))
+    sums = cells.sum(dim=1).numpy()
     expected = (r * torch.tensor(PARTICLES["energy"])).detach().numpy()
     populated = sums > 0
     # exact without cell noise; with it, cells rescaled below threshold are dropped (a few MeV)

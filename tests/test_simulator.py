@@ -278,18 +278,22 @@ def test_run_file_flat_tree_and_empty_file(tmp_path: Path) -> None:
     assert tree.num_entries == 0 and {"nparticles", "particles_energy", "particles_image"} <= set(tree.keys())
 
 
-def test_in_memory_model_pickles(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_in_memory_model_pickles(dtype: str) -> None:
     import pickle
-
-    import torch
 
     from fastcalo.model import ModelConfig, ShowerModel
 
     torch.manual_seed(0)
     model = ShowerModel(ModelConfig(latent_dim=4, generator_hidden=(16,), critic_hidden=(16,), energy_hidden=(8,), n_quantiles=9))
-    sim = Simulator(model, seed=3, device="cpu")
+    sim = Simulator(model, seed=3, device="cpu", dtype=dtype)
     again = pickle.loads(pickle.dumps(sim))
-    np.testing.assert_array_equal(again.sample(energy=[3.0, 30.0]), sim.sample(energy=[3.0, 30.0]))
+    # the energy model stays in float32 on both sides (half precision rounds its quantile levels)
+    for one in (sim, again):
+        assert {p.dtype for p in one.model.energy.parameters()} == {torch.float32}
+        assert {p.dtype for p in one.model.generator.parameters()} == {getattr(torch, dtype)}
+    energies = [1.5, 3.0, 30.0, 90.0]
+    np.testing.assert_array_equal(again.sample(energy=energies), sim.sample(energy=energies))
 
 
 def test_dask_awkward_equals_eager(sim: Simulator, nano: Path) -> None:
@@ -345,6 +349,33 @@ def test_cli_events_simulate_mc_like(tmp_path: Path) -> None:
         np.testing.assert_allclose(getattr(mc, column), getattr(generated, column), rtol=1e-15)
     with pytest.raises(SystemExit, match="2"):
         main(["simulate", str(events), "-o", str(tmp_path / "x.root"), "--collection", "Photon", "--branch", "pt"])
+
+
+def test_simulate_like_a_shower_file_is_the_simulator(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`fastcalo simulate --like` gives the showers that Simulator.sample gives the same particles
+    (the validation campaign's path is the users' path), in the reference's order, in chunks."""
+    from fastcalo import mc
+
+    reference, generated = tmp_path / "mc.h5", tmp_path / "generated.root"
+    conditions = mc.sample_conditions(40, energy=(1.0, 100.0), eta=(-1.4, 1.4), particle="electron", seed=4)
+    mc.simulate_to_file(conditions, reference, seed=4, progress=False)
+    args = ["simulate", "--like", str(reference), "-o", str(generated), "--seed", "9", "--step-size", "7", "--no-progress"]
+    assert main(args) == 0
+    mine, theirs = datasets.read(generated), datasets.read(reference)
+    for column in datasets.CONDITION_COLUMNS:
+        np.testing.assert_allclose(getattr(mine, column), getattr(theirs, column), rtol=1e-15)
+    direct = Simulator(seed=9, device="cpu").sample(
+        energy=theirs.energy, eta=theirs.eta, phi=theirs.phi, particle=theirs.pdgid, impact_x=theirs.impact_x, impact_y=theirs.impact_y
+    )
+    np.testing.assert_array_equal(mine.images, direct)
+    assert datasets.metadata(generated)["like"] == str(reference)
+    for wrong in (["simulate", "--like", str(reference), str(reference), "-o", str(tmp_path / "x.h5")],
+                  ["simulate", "--like", str(reference), "--collection", "Photon", "-o", str(tmp_path / "x.h5")],
+                  ["simulate", "-o", str(tmp_path / "x.h5")]):  # fmt: skip
+        with pytest.raises(SystemExit, match="2"):
+            main(wrong)
+        assert "error:" in capsys.readouterr().err
+    assert not (tmp_path / "x.h5").exists()
 
 
 def test_cli_errors_are_one_clear_line(nano: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,464 @@
+"""The one sampling path: a flat table of particles, a seed and global indices in, showers out.
+
+Everything that makes showers with a trained model goes through :class:`Engine`:
+:class:`fastcalo.Simulator` (``sample``, ``run``, ``run_file``, dask), the training monitor and
+the validation campaign. It owns the batching, the random streams and the policy for particles
+outside the model's ranges.
+
+Randomness is keyed by the particle's *global index* (its position in the flattened input, or in
+the whole file): the random numbers of particle ``i`` come from block ``i // BLOCK`` of a stream
+seeded by ``(seed, stream, block)``. So a shower depends only on the seed, the particle's
+conditions and its index. On the CPU the networks always run on whole blocks (``BLOCK`` rows,
+aligned on global indices): a matrix product splits its rows among threads and rounds a row by
+where the split puts it, so only a matrix of the same shape, with the row at the same place, gives
+the same bits. The output is then bit-identical at any batch size, chunk size or number of dask
+workers (for the same dtype and number of torch threads). On a GPU a batch runs as one call
+(cuBLAS picks its kernels by shape): showers at other batch sizes agree to float rounding.
+
+Particles outside the model's trained ranges (energy, |eta|, particle type) follow the
+``out_of_range`` policy: ``"error"`` (default) raises, ``"clip"`` moves energy and eta to the
+nearest edge of the range, ``"skip"`` gives those particles an all-zero image; both of the latter
+log how many particles they touched. Non-finite kinematics and energies <= 0 are always an error.
+
+Example:
+    >>> import numpy as np
+    >>> from fastcalo.engine import Engine, Particles
+    >>> from fastcalo.model import DEFAULT_MODEL, load
+    >>> engine = Engine(load(DEFAULT_MODEL), seed=1)
+    >>> table = Particles.of(energy=[10.0, 50.0], eta=0.2, pdgid=22)
+    >>> showers = engine.simulate(table)
+    >>> showers.images.shape, np.round(showers.images.sum(axis=(1, 2)) / showers.energy, 1).tolist()
+    ((2, 24, 24), [1.0, 1.0])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+if TYPE_CHECKING:
+    import awkward as ak
+
+    from .datasets import ShowerData
+    from .model import ShowerModel
+
+__all__ = ("BLOCK", "DTYPES", "OUT_OF_RANGE", "Engine", "Particles", "choose_device", "stream_key")
+
+log = logging.getLogger("fastcalo.engine")
+
+#: Particles per random-number block: the unit in which random streams are keyed and (on the
+#: CPU) the rows of every network call.
+BLOCK = 1024
+
+#: The policies for particles outside the model's trained ranges.
+OUT_OF_RANGE = ("error", "clip", "skip")
+
+#: The generator's arithmetic, by name.
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+# The fewest rows per generator call on a GPU: below this, BLAS takes matrix-vector paths whose
+# rounding differs from the matrix-matrix kernels (on the CPU every call has BLOCK rows).
+_MIN_ROWS = 16
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int32]
+
+
+def choose_device(device: str | torch.device = "auto") -> torch.device:
+    """The torch device for a name: ``"auto"`` is CUDA if torch sees one, else the CPU.
+
+    Arguments:
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ... or a ``torch.device``.
+
+    Returns:
+        The device.
+
+    Raises:
+        ValueError: a name torch does not know, or CUDA asked for where torch sees none.
+
+    Example:
+        >>> choose_device("cpu")
+        device(type='cpu')
+    """
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        msg = f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
+        raise ValueError(msg) from err
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        msg = f"device {str(device)!r} asked for, but torch sees no CUDA device (torch {torch.__version__})"
+        raise ValueError(msg)
+    return chosen
+
+
+def stream_key(stream: Hashable | None) -> tuple[int, ...]:
+    """A stable integer key for a user's stream label (an int, a string, or a tuple of them).
+
+    Example:
+        >>> stream_key(None), len(stream_key(("file.root", 0)))
+        ((), 2)
+    """
+    if stream is None:
+        return ()
+    digest = hashlib.sha256(repr(stream).encode()).digest()
+    return (int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:16], "little"))
+
+
+def _block_seed(seed: int, block: int, stream: Sequence[int]) -> int:
+    """A 63-bit seed for one block of one stream (SeedSequence mixes the entropy well)."""
+    entropy = [int(seed) & 0xFFFFFFFFFFFFFFFF, *stream, int(block)]
+    state = np.random.SeedSequence(entropy).generate_state(1, np.uint64)
+    return int(state[0] >> np.uint64(1))
+
+
+@dataclass(frozen=True)
+class Particles:
+    """A flat table of particles, one entry per particle: what the engine simulates.
+
+    Arguments:
+        energy: (N,) incident energy, GeV.
+        eta: (N,) pseudorapidity.
+        phi: (N,) azimuth, rad (carried through to the output).
+        pdgid: (N,) PDG id.
+        impact_x, impact_y: (N,) impact point in mm inside the central cell, or None to draw it
+            uniformly there.
+    """
+
+    energy: FloatArray
+    eta: FloatArray
+    phi: FloatArray
+    pdgid: IntArray
+    impact_x: FloatArray | None = None
+    impact_y: FloatArray | None = None
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        energy: npt.ArrayLike,
+        eta: npt.ArrayLike = 0.0,
+        phi: npt.ArrayLike = 0.0,
+        pdgid: npt.ArrayLike = 22,
+        impact_x: npt.ArrayLike | None = None,
+        impact_y: npt.ArrayLike | None = None,
+        n: int | None = None,
+    ) -> Particles:
+        """A table from scalars and arrays: arrays (all of one length N) give one particle each,
+        scalars are repeated N times (``n`` times if there is no array; once if ``n`` is None).
+
+        Raises:
+            ValueError: arrays of different lengths, arrays whose length is not ``n``, or arrays
+                of more than one dimension.
+
+        Example:
+            >>> table = Particles.of(energy=[1.0, 2.0], eta=0.5)
+            >>> len(table), table.eta.tolist(), table.pdgid.tolist()
+            (2, [0.5, 0.5], [22, 22])
+        """
+        values = {"energy": energy, "eta": eta, "phi": phi, "pdgid": pdgid, "impact_x": impact_x, "impact_y": impact_y}
+        nested = {k: np.shape(v) for k, v in values.items() if v is not None and np.ndim(v) > 1}
+        if nested:
+            msg = f"conditions must be scalars or 1-D arrays (one value per particle), got shapes {nested}"
+            raise ValueError(msg)
+        lengths = {k: int(np.size(v)) for k, v in values.items() if v is not None and np.ndim(v) > 0}
+        sizes = set(lengths.values()) | ({int(n)} if n is not None else set())
+        if len(sizes) > 1:
+            msg = f"arrays (and n) must have one length, got {lengths}" + (f" and n={n}" if n is not None else "")
+            raise ValueError(msg)
+        size = sizes.pop() if sizes else 1
+
+        def column(value: npt.ArrayLike, dtype: type[np.generic]) -> npt.NDArray[np.generic]:
+            return np.broadcast_to(np.asarray(value, dtype=dtype), (size,)).copy()
+
+        return cls(
+            energy=column(energy, np.float64),
+            eta=column(eta, np.float64),
+            phi=column(phi, np.float64),
+            pdgid=column(pdgid, np.int32),
+            impact_x=None if impact_x is None else column(impact_x, np.float64),
+            impact_y=None if impact_y is None else column(impact_y, np.float64),
+        )
+
+    @classmethod
+    def from_records(cls, flat: ak.Array) -> Particles:
+        """The table of a flat awkward array of standard records (:func:`fastcalo.particles.standardize`).
+
+        Example:
+            >>> import awkward as ak
+            >>> Particles.from_records(ak.Array([{"energy": 5.0, "eta": 0.0, "phi": 1.0, "pdgid": 11}])).pdgid.tolist()
+            [11]
+        """
+        import awkward as ak
+
+        fields = set(ak.fields(flat))
+
+        def get(name: str, dtype: type[np.generic]) -> npt.NDArray[np.generic]:
+            return np.asarray(ak.to_numpy(flat[name]), dtype=dtype)
+
+        return cls(
+            energy=get("energy", np.float64),
+            eta=get("eta", np.float64),
+            phi=get("phi", np.float64),
+            pdgid=get("pdgid", np.int32),
+            impact_x=get("impact_x", np.float64) if "impact_x" in fields else None,
+            impact_y=get("impact_y", np.float64) if "impact_y" in fields else None,
+        )
+
+    def __len__(self) -> int:
+        return int(self.energy.shape[0])
+
+    def __getitem__(self, index: slice) -> Particles:
+        return Particles(
+            self.energy[index],
+            self.eta[index],
+            self.phi[index],
+            self.pdgid[index],
+            None if self.impact_x is None else self.impact_x[index],
+            None if self.impact_y is None else self.impact_y[index],
+        )
+
+
+@dataclass(frozen=True)
+class _BlockDraws:
+    """The random numbers of one block of BLOCK particles (see :meth:`Engine._draws`)."""
+
+    z: torch.Tensor
+    u: torch.Tensor
+    noise: torch.Tensor | None
+    impact: FloatArray
+
+
+def _padded(rows: torch.Tensor, inside: slice, length: int = BLOCK) -> torch.Tensor:
+    """``rows`` placed at ``inside`` of a tensor of ``length`` rows (the others: copies of the first)."""
+    if rows.shape[0] == length:
+        return rows
+    out = rows[:1].expand(length, *rows.shape[1:]).clone()
+    out[inside] = rows
+    return out
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is a device (CUDA) or host allocation failure: worth a smaller batch."""
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+class Engine:
+    """Batched generation with a model, keyed by seed and global particle index.
+
+    Arguments:
+        model: the shower model, already on its device and in its precision (the generator's
+            parameters say which); it is used as it is (eval mode is the caller's business).
+        seed: the random seed; with the particle's global index it fixes every shower.
+        batch_size: particles per step (default 4096 on the CPU, 65 536 on a GPU); a device
+            out-of-memory error halves it and retries, losing nothing.
+        out_of_range: ``"error"``, ``"clip"`` or ``"skip"`` (see the module docstring).
+
+    Raises:
+        ValueError: an unknown policy or a batch size below 1.
+    """
+
+    def __init__(self, model: ShowerModel, *, seed: int = 0, batch_size: int | None = None, out_of_range: str = "error") -> None:
+        if out_of_range not in OUT_OF_RANGE:
+            msg = f"out_of_range must be one of {OUT_OF_RANGE}, got {out_of_range!r}"
+            raise ValueError(msg)
+        if batch_size is not None and batch_size <= 0:
+            msg = f"batch_size must be > 0, got {batch_size}"
+            raise ValueError(msg)
+        self.model = model
+        first = next(model.generator.parameters())
+        self.device = first.device
+        self.dtype = first.dtype
+        self.seed = int(seed)
+        self.out_of_range = out_of_range
+        self.batch_size = batch_size or (65_536 if self.device.type == "cuda" else 4096)  # CPU: fits in cache (benchmarks/)
+
+    def simulate(self, particles: Particles, first_index: int = 0, stream: Sequence[int] = ()) -> ShowerData:
+        """Showers of a flat table whose first particle has global index ``first_index``.
+
+        Arguments:
+            particles: the table.
+            first_index: the global index of its first particle (>= 0).
+            stream: an independent random stream's key (:func:`stream_key`); () for the plain one.
+
+        Returns:
+            A :class:`fastcalo.datasets.ShowerData`: the energy and eta simulated at (clipped under
+            ``out_of_range="clip"``), phi and pdgid as given, the impact points used (mm) and the
+            images (N, 24, 24) float32 in GeV (all zero for particles skipped by the policy).
+
+        Raises:
+            ValueError: non-finite kinematics, energies <= 0, impact points outside the central
+                cell, a negative ``first_index``, or particles outside the ranges under
+                ``out_of_range="error"``; messages name particles by their global index.
+        """
+        from .datasets import ShowerData
+
+        if first_index < 0:
+            msg = f"first_index must be >= 0 (the global index of the first particle), got {first_index}"
+            raise ValueError(msg)
+        n = len(particles)
+        side = self.model.detector.n_cells
+        images = np.zeros((n, side, side), dtype=np.float32)
+        impact_x, impact_y = np.empty(n), np.empty(n)
+        used, keep = self._apply_policy(particles, first_index)
+        start = 0
+        while start < n:
+            stop = min(start + self.batch_size, n)
+            aligned = (first_index + stop) // BLOCK * BLOCK - first_index  # end batches on a block boundary
+            if stop < n and aligned > start:
+                stop = aligned
+            try:
+                images[start:stop], impact_x[start:stop], impact_y[start:stop] = self._batch(used[start:stop], first_index + start, stream)
+            except Exception as error:
+                if not is_out_of_memory(error) or self.batch_size == 1:
+                    raise
+                self.batch_size = max(1, self.batch_size // 2)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                log.warning("out of memory on %s: batch size halved to %d, retrying", self.device, self.batch_size)
+                continue
+            start = stop
+        images[~keep] = 0.0
+        return ShowerData(
+            energy=used.energy, eta=used.eta, phi=particles.phi, pdgid=particles.pdgid,
+            impact_x=impact_x, impact_y=impact_y, images=images,
+        )  # fmt: skip
+
+    def _apply_policy(self, particles: Particles, first_index: int) -> tuple[Particles, npt.NDArray[np.bool_]]:
+        """The particles to generate with (clipped energy and eta, known pdgids) and which of them
+        to keep, under the policy; messages name particles by their global index."""
+        detector = self.model.detector
+        ranges = detector.conditions
+        energy, eta = particles.energy.astype(np.float64), particles.eta.astype(np.float64)
+        checks = [("energy", energy), ("eta", eta), ("phi", particles.phi)]
+        checks += [(name, v) for name, v in (("impact_x", particles.impact_x), ("impact_y", particles.impact_y)) if v is not None]
+        for name, values in checks:
+            bad = ~np.isfinite(values)
+            if bad.any():
+                first = int(np.flatnonzero(bad)[0])
+                msg = f"{int(bad.sum())} particle(s) with non-finite {name} (first: particle {first_index + first}, {name}={values[first]})"
+                raise ValueError(msg)
+        if (energy <= 0).any():
+            first = int(np.flatnonzero(energy <= 0)[0])
+            msg = f"{int((energy <= 0).sum())} particle(s) with energy <= 0 GeV (first: particle {first_index + first}, {energy[first]} GeV)"
+            raise ValueError(msg)
+        low, high = detector.central_cell
+        for name, impact in (("impact_x", particles.impact_x), ("impact_y", particles.impact_y)):
+            if impact is not None and ((impact < low) | (impact > high)).any():
+                first = int(np.flatnonzero((impact < low) | (impact > high))[0])
+                msg = f"{name} must lie in the central cell [{low}, {high}] mm, found {impact[first]} (particle {first_index + first})"
+                raise ValueError(msg)
+        pdgids = self.model.conditions.pdgids
+        known = np.isin(particles.pdgid, pdgids)
+        outside = {
+            f"energy outside {list(ranges.energy)} GeV": (energy < ranges.energy[0]) | (energy > ranges.energy[1]),
+            f"eta outside {list(ranges.eta)}": (eta < ranges.eta[0]) | (eta > ranges.eta[1]),
+            f"pdgid not among {pdgids} ({', '.join(ranges.particles)})": ~known,
+        }
+        keep = np.ones(len(particles), dtype=bool)
+        for what, mask in outside.items():
+            if not mask.any():
+                continue
+            first = int(np.flatnonzero(mask)[0])
+            example = f"particle {first_index + first}: E={energy[first]:.6g} GeV, eta={eta[first]:.4g}, pdgid={int(particles.pdgid[first])}"
+            if self.out_of_range == "error" or (self.out_of_range == "clip" and what.startswith("pdgid")):
+                hint = "" if what.startswith("pdgid") else " (out_of_range='clip' or 'skip' to simulate or drop them)"
+                msg = f"{int(mask.sum())} particle(s) with {what}, first {example}{hint}"
+                raise ValueError(msg)
+            action = "clipped" if self.out_of_range == "clip" else "skipped (zero image)"
+            log.warning("%s %d particle(s) with %s (first %s)", action, int(mask.sum()), what, example)
+            if self.out_of_range == "skip":
+                keep &= ~mask
+        used = Particles(
+            energy=np.clip(energy, *ranges.energy),
+            eta=np.clip(eta, *ranges.eta),
+            phi=particles.phi,
+            pdgid=np.where(known, particles.pdgid, pdgids[0]).astype(np.int32),  # skipped anyway
+            impact_x=particles.impact_x,
+            impact_y=particles.impact_y,
+        )
+        return used, keep
+
+    def _draws(self, blocks: range, stream: Sequence[int]) -> list[_BlockDraws]:
+        """The random inputs of whole blocks of particles (BLOCK rows each): latent z, the energy
+        model's uniforms u, cell noise (if the model adds it) on the device, impact-point
+        uniforms (numpy)."""
+        latent = self.model.config.latent_dim
+        cells = self.model.detector.n_total_cells if self.model.config.cell_noise else 0
+        inference = torch.is_inference_mode_enabled()  # thread-local: the pool's threads take it from here
+
+        def draw(block: int) -> _BlockDraws:
+            key = _block_seed(self.seed, block, stream)
+            gen = torch.Generator(device=self.device).manual_seed(key)
+            with torch.inference_mode(inference):
+                z = torch.randn((BLOCK, latent), generator=gen, device=self.device)
+                u = torch.rand((BLOCK,), generator=gen, device=self.device)
+                noise = torch.randn((BLOCK, cells), generator=gen, device=self.device) if cells else None
+            impact = np.random.Generator(np.random.Philox(key)).random((BLOCK, 2))
+            return _BlockDraws(z, u, noise, impact)
+
+        workers = torch.get_num_threads() if self.device.type == "cpu" else 1
+        if workers > 1 and len(blocks) > 1 and cells:
+            # a seeded torch generator draws on one core: blocks (independent streams) in parallel
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(workers, len(blocks))) as pool:
+                return list(pool.map(draw, blocks))
+        return [draw(block) for block in blocks]
+
+    @torch.inference_mode()
+    def _batch(self, particles: Particles, first: int, stream: Sequence[int]) -> tuple[npt.NDArray[np.float32], FloatArray, FloatArray]:
+        """Images (n, side, side) and impact points of particles ``first .. first + n - 1``."""
+        n = len(particles)
+        blocks = range(first // BLOCK, (first + n - 1) // BLOCK + 1)
+        draws = self._draws(blocks, stream)
+        # each block's rows inside the batch (target) and inside the block (inside)
+        spans = [
+            (slice(lo - first, hi - first), slice(lo - b * BLOCK, hi - b * BLOCK))
+            for b in blocks
+            for lo, hi in [(max(first, b * BLOCK), min(first + n, (b + 1) * BLOCK))]
+        ]
+        impact = np.concatenate([d.impact[inside] for d, (_, inside) in zip(draws, spans, strict=True)])
+        low, high = self.model.detector.central_cell
+        ix = particles.impact_x if particles.impact_x is not None else low + (high - low) * impact[:, 0]
+        iy = particles.impact_y if particles.impact_y is not None else low + (high - low) * impact[:, 1]
+        c = self.model.conditions.encode(energy=particles.energy, eta=particles.eta, pdgid=particles.pdgid, impact_x=ix, impact_y=iy)
+        c = c.to(self.device)
+        e_inc = torch.as_tensor(particles.energy, dtype=torch.float32).to(self.device)
+        # the network calls: (c, e_inc, z, u, noise, rows of the batch, rows of the call's output)
+        units: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, slice, slice]]
+        if self.device.type == "cpu":
+            units = [
+                (_padded(c[target], inside), _padded(e_inc[target], inside), d.z, d.u, d.noise, target, inside)
+                for d, (target, inside) in zip(draws, spans, strict=True)
+            ]
+        else:
+            every = slice(0, n)
+            z = torch.cat([d.z[inside] for d, (_, inside) in zip(draws, spans, strict=True)])
+            u = torch.cat([d.u[inside] for d, (_, inside) in zip(draws, spans, strict=True)])
+            pieces = [d.noise[inside] for d, (_, inside) in zip(draws, spans, strict=True) if d.noise is not None]
+            noise = torch.cat(pieces) if pieces else None
+            if n < _MIN_ROWS:  # matrix-vector kernels round differently from matrix-matrix ones: pad
+                c, e_inc, z, u = (_padded(x, every, _MIN_ROWS) for x in (c, e_inc, z, u))
+                noise = None if noise is None else _padded(noise, every, _MIN_ROWS)
+            units = [(c, e_inc, z, u, noise, every, every)]
+        side = self.model.detector.n_cells
+        images = np.empty((n, side, side), dtype=np.float32)
+        dtype = self.dtype
+        for c_unit, e_unit, z_unit, u_unit, noise_unit, target, inside in units:
+            # u stays float32, as the energy model does
+            noise_in = None if noise_unit is None else noise_unit.to(dtype)
+            out = self.model.generate(c_unit.to(dtype), e_unit.to(dtype), z_unit.to(dtype), u_unit, noise_in)
+            images[target] = out[inside].float().reshape(-1, side, side).cpu().numpy()
+        return images, np.asarray(ix, dtype=np.float64), np.asarray(iy, dtype=np.float64)
