@@ -37,14 +37,24 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from .detector import DEFAULT_DETECTOR, PARTICLES, Detector
+
+if TYPE_CHECKING:
+    # uproot, awkward and h5py ship no type information: to mypy their objects (files, trees,
+    # arrays) are Any. Annotations name their classes for the reader; the writers hold their open
+    # file and tree as Any. Metadata is decoded JSON, whose values are open too: dict[str, Any].
+    import awkward as ak
+    import h5py
+    import uproot
 
 __all__ = (
     "CONDITION_COLUMNS",
@@ -52,6 +62,7 @@ __all__ = (
     "ShowerData",
     "ShowerWriter",
     "atomic_path",
+    "file_kind",
     "iterate",
     "metadata",
     "read",
@@ -71,23 +82,44 @@ _ROOT_NAMES = {"energy": "incident_energy"}
 _TREE = "showers"
 _META = "fastcalo_meta"
 _FORMAT_VERSION = 1
+_Scalar = TypeVar("_Scalar", bound=np.generic)
 
 
 @dataclass(frozen=True)
 class ShowerData:
-    """Showers in memory. Shapes: conditions (N,), ``images`` (N, n, n) float32 in GeV."""
+    """Showers in memory. Shapes: conditions (N,) float64 (``pdgid`` int32), ``images`` (N, n, n)
+    float32 in GeV; units as in :data:`CONDITION_COLUMNS`. :meth:`from_arrays` converts and checks."""
 
-    energy: np.ndarray
-    eta: np.ndarray
-    phi: np.ndarray
-    pdgid: np.ndarray
-    impact_x: np.ndarray
-    impact_y: np.ndarray
-    images: np.ndarray
+    energy: NDArray[np.float64]
+    eta: NDArray[np.float64]
+    phi: NDArray[np.float64]
+    pdgid: NDArray[np.int32]
+    impact_x: NDArray[np.float64]
+    impact_y: NDArray[np.float64]
+    images: NDArray[np.float32]
 
     @classmethod
-    def from_arrays(cls, *, source: str = "arrays", **columns: Any) -> ShowerData:
-        """Build and check a dataset from array-likes (keyword per column, ``images`` last)."""
+    def from_arrays(cls, *, source: str = "arrays", **columns: ArrayLike) -> ShowerData:
+        """Build and check a dataset from array-likes (keyword per column, ``images`` last).
+
+        Arguments:
+            source: names the data in error messages (a file name, say).
+            columns: one keyword per column of :data:`CONDITION_COLUMNS`, each (N,), and
+                ``images``, (N, n, n) or (N, n*n), in GeV.
+
+        Returns:
+            The dataset, with the dtypes of :class:`ShowerData`.
+
+        Raises:
+            ValueError naming ``source`` for missing or unexpected columns, images that are not
+            square, columns of the wrong length, and what :meth:`check` refuses.
+
+        Example:
+            >>> data = ShowerData.from_arrays(energy=[10.0], eta=[0.1], phi=[0.0], pdgid=[22],
+            ...                               impact_x=[5.0], impact_y=[5.0], images=np.zeros((1, 576)))
+            >>> data.images.shape, data.images.dtype, data.pdgid.dtype
+            ((1, 24, 24), dtype('float32'), dtype('int32'))
+        """
         expected = [f.name for f in fields(cls)]
         missing = [name for name in expected if name not in columns]
         extra = [name for name in columns if name not in expected]
@@ -104,20 +136,22 @@ class ShowerData:
         if images.ndim != 3 or images.shape[1] != images.shape[2]:
             msg = f"{source}: images must have shape (N, n, n) or (N, n*n), got {images.shape}"
             raise ValueError(msg)
-        data = {"images": images}
-        dtypes = {"pdgid": np.int32}
-        for name in CONDITION_COLUMNS:
-            column = np.asarray(columns[name], dtype=dtypes.get(name, np.float64)).reshape(-1)
-            if column.shape[0] != images.shape[0]:
-                msg = f"{source}: column {name!r} has {column.shape[0]} entries but there are {images.shape[0]} images"
-                raise ValueError(msg)
-            data[name] = column
-        result = cls(**data)
+        n = images.shape[0]
+        result = cls(
+            energy=_column(source, "energy", columns["energy"], np.float64, n),
+            eta=_column(source, "eta", columns["eta"], np.float64, n),
+            phi=_column(source, "phi", columns["phi"], np.float64, n),
+            pdgid=_column(source, "pdgid", columns["pdgid"], np.int32, n),
+            impact_x=_column(source, "impact_x", columns["impact_x"], np.float64, n),
+            impact_y=_column(source, "impact_y", columns["impact_y"], np.float64, n),
+            images=images,
+        )
         result.check(source)
         return result
 
     def check(self, source: str = "dataset") -> None:
-        """Raise ValueError on non-finite values, non-positive energies or unknown particles."""
+        """Raise ValueError, naming ``source``, on non-finite values, non-positive energies or
+        unknown particles."""
         for name in (*CONDITION_COLUMNS, "images"):
             values = getattr(self, name)
             if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
@@ -136,19 +170,47 @@ class ShowerData:
         return int(self.energy.shape[0])
 
     def __getitem__(self, index: slice | np.ndarray) -> ShowerData:
+        """The showers at ``index``: a slice, a boolean mask or integer indices (N,)."""
         return ShowerData(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
     @staticmethod
-    def concatenate(parts: list[ShowerData]) -> ShowerData:
-        """One dataset from several (same image size)."""
+    def concatenate(parts: Sequence[ShowerData]) -> ShowerData:
+        """One dataset from several (same image size).
+
+        Raises:
+            ValueError if ``parts`` is empty.
+        """
         if not parts:
             msg = "concatenate needs at least one dataset"
             raise ValueError(msg)
         return ShowerData(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(ShowerData)})
 
 
-def _kind(path: Path) -> str:
-    suffix = path.suffix.lower()
+def _column(source: str, name: str, values: ArrayLike, dtype: type[_Scalar], n: int) -> NDArray[_Scalar]:
+    column = np.asarray(values, dtype=dtype).reshape(-1)
+    if column.shape[0] != n:
+        msg = f"{source}: column {name!r} has {column.shape[0]} entries but there are {n} images"
+        raise ValueError(msg)
+    return column
+
+
+def file_kind(path: str | os.PathLike[str]) -> Literal["root", "hdf5"]:
+    """The format of a shower file, from its extension (in any case).
+
+    Arguments:
+        path: a file name; it need not exist.
+
+    Returns:
+        ``"root"`` for ``.root``, ``"hdf5"`` for ``.h5`` and ``.hdf5``.
+
+    Raises:
+        ValueError naming the extension, for any other.
+
+    Example:
+        >>> file_kind("showers.root"), file_kind("data/photons.H5")
+        ('root', 'hdf5')
+    """
+    suffix = Path(path).suffix.lower()
     if suffix == ".root":
         return "root"
     if suffix in (".h5", ".hdf5"):
@@ -157,9 +219,13 @@ def _kind(path: Path) -> str:
     raise ValueError(msg)
 
 
-def _metadata(kind: str, detector: Detector, extra: dict[str, Any] | None) -> dict[str, Any]:
+# The old private name, until fastcalo/simulator.py calls file_kind: then delete this line.
+_kind = file_kind
+
+
+def _metadata(kind: str, detector: Detector, extra: Mapping[str, object] | None) -> dict[str, object]:
     energy_unit = "MeV" if kind == "hdf5" else "GeV"
-    meta = {
+    meta: dict[str, object] = {
         "format": "fastcalo.showers",
         "format_version": _FORMAT_VERSION,
         "units": dict(CONDITION_COLUMNS, energy=energy_unit, images=energy_unit),
@@ -175,8 +241,17 @@ def _metadata(kind: str, detector: Detector, extra: dict[str, Any] | None) -> di
 def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
 
-    Raises FileExistsError if ``path`` exists and ``overwrite`` is false, and an OSError that names
-    the directory if it cannot be written.
+    Raises:
+        FileExistsError if ``path`` exists and ``overwrite`` is false; FileNotFoundError or
+        PermissionError, naming the directory, if it cannot be written.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> target = pathlib.Path(tempfile.mkdtemp()) / "out.txt"
+        >>> with atomic_path(target) as tmp:
+        ...     _ = tmp.write_text("done")
+        >>> target.read_text()
+        'done'
     """
     target = Path(path)
     if target.exists() and not overwrite:
@@ -221,16 +296,16 @@ class ShowerWriter:
         *,
         overwrite: bool = False,
         detector: Detector = DEFAULT_DETECTOR,
-        metadata: dict[str, Any] | None = None,
+        metadata: Mapping[str, object] | None = None,
     ) -> None:
         self.path = Path(path)
-        self._kind = _kind(self.path)
+        self._kind = file_kind(self.path)
         self._overwrite = overwrite
         self._meta = _metadata(self._kind, detector, metadata)
         self._n_cells = detector.n_cells
         self._atomic: contextlib.AbstractContextManager[Path] | None = None
-        self._file: Any = None
-        self._tree: Any = None
+        self._file: Any = None  # h5py.File or uproot.WritableDirectory while open
+        self._tree: Any = None  # uproot.WritableTree while open (ROOT)
         self.n_written = 0
 
     def __enter__(self) -> ShowerWriter:
@@ -242,7 +317,9 @@ class ShowerWriter:
             self._file = uproot.recreate(tmp)
             self._file[_META] = json.dumps(self._meta)
             n = self._n_cells * self._n_cells
-            branch_types = {_ROOT_NAMES.get(c, c): (np.int32 if c == "pdgid" else np.float64) for c in CONDITION_COLUMNS}
+            branch_types: dict[str, DTypeLike] = {
+                _ROOT_NAMES.get(c, c): (np.int32 if c == "pdgid" else np.float64) for c in CONDITION_COLUMNS
+            }
             branch_types["image"] = np.dtype((np.float32, (n,)))
             self._tree = self._file.mktree(_TREE, branch_types, title="fastcalo showers (GeV, mm)")
         else:
@@ -261,8 +338,14 @@ class ShowerWriter:
                     self._file.create_dataset(c, (0,), maxshape=(None,), dtype="i4" if c == "pdgid" else "f8", chunks=(4096,))
         return self
 
-    def write(self, data: ShowerData, *, event: np.ndarray | None = None) -> None:
-        """Append a chunk of showers (HDF5 only: ``event``, the input entry of each shower)."""
+    def write(self, data: ShowerData, *, event: ArrayLike | None = None) -> None:
+        """Append a chunk of showers (HDF5 only: ``event``, the input entry of each shower, (N,)).
+
+        Raises:
+            RuntimeError outside the ``with`` block; ValueError for images of another size than
+            the detector's, for ``event`` first given after the first chunk, and for ``event``
+            given to a ROOT file.
+        """
         if self._file is None:
             msg = "ShowerWriter.write called outside its 'with' block"
             raise RuntimeError(msg)
@@ -298,7 +381,9 @@ class ShowerWriter:
             raise ValueError(msg)
         self.n_written += n
 
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         _close_atomic(self, exc_type, exc, tb)
 
 
@@ -330,20 +415,20 @@ class EventWriter:
         collection: str = "particles",
         overwrite: bool = False,
         detector: Detector = DEFAULT_DETECTOR,
-        metadata: dict[str, Any] | None = None,
+        metadata: Mapping[str, object] | None = None,
     ) -> None:
         self.path = Path(path)
-        self._kind = _kind(self.path)
+        self._kind = file_kind(self.path)
         self.tree_name = tree
         self.collection = collection
-        meta = {**(metadata or {}), "layout": "events", "tree": tree, "collection": collection}
+        meta: dict[str, object] = {**(metadata or {}), "layout": "events", "tree": tree, "collection": collection}
         self._flat = ShowerWriter(path, overwrite=overwrite, detector=detector, metadata=meta) if self._kind == "hdf5" else None
         self._overwrite = overwrite
         self._meta = _metadata(self._kind, detector, meta)
         self._n_cells = detector.n_total_cells
         self._atomic: contextlib.AbstractContextManager[Path] | None = None
-        self._file: Any = None
-        self._tree: Any = None
+        self._file: Any = None  # uproot.WritableDirectory while open (ROOT)
+        self._tree: Any = None  # uproot.WritableTree once the first chunk is written
         self.n_events = 0
         self.n_written = 0
 
@@ -359,9 +444,21 @@ class EventWriter:
         self._file[_META] = json.dumps(self._meta)
         return self
 
-    def write(self, data: ShowerData, *, counts: np.ndarray, first_event: int, extra: Any = None) -> None:
+    def write(self, data: ShowerData, *, counts: ArrayLike, first_event: int, extra: ak.Array | None = None) -> None:
         """Append the showers of ``len(counts)`` consecutive events starting at input entry
-        ``first_event``; ``counts`` are the showers per event (summing to ``len(data)``)."""
+        ``first_event``.
+
+        Arguments:
+            data: the showers of these events, in event order.
+            counts: (n_events,) showers per event, summing to ``len(data)``.
+            first_event: the input entry of the first of these events.
+            extra: per-event branches to copy through, an awkward record array of the n_events
+                (ROOT output only).
+
+        Raises:
+            ValueError for counts that are negative or do not sum to ``len(data)``, and for
+            ``extra`` with HDF5 output; RuntimeError outside the ``with`` block.
+        """
         counts = np.asarray(counts, dtype=np.int64)
         if counts.ndim != 1 or int(counts.sum()) != len(data) or (counts < 0).any():
             msg = f"{self.path}: counts (sum {int(counts.sum())}) must be >= 0 and sum to the {len(data)} showers given"
@@ -376,7 +473,7 @@ class EventWriter:
         self.n_events += len(counts)
         self.n_written += len(data)
 
-    def _write_root(self, data: ShowerData, counts: np.ndarray, extra: Any) -> None:
+    def _write_root(self, data: ShowerData, counts: NDArray[np.int64], extra: ak.Array | None) -> None:
         import awkward as ak
 
         if self._file is None:
@@ -384,7 +481,7 @@ class EventWriter:
             raise RuntimeError(msg)
         name = self.collection
         columns = {_ROOT_NAMES.get(c, c).replace("incident_", ""): getattr(data, c) for c in CONDITION_COLUMNS}
-        arrays: dict[str, Any] = {name: ak.unflatten(ak.zip(columns), counts)}
+        arrays: dict[str, ak.Array | np.ndarray] = {name: ak.unflatten(ak.zip(columns), counts)}
         flat = data.images.astype(np.float32, copy=False).reshape(-1)
         arrays[f"{name}_image"] = ak.unflatten(flat, counts * self._n_cells)
         if extra is not None:
@@ -394,7 +491,9 @@ class EventWriter:
             self._tree = self._file.mktree(self.tree_name, types, title="fastcalo showers by event (GeV, mm)")
         self._tree.extend(arrays)
 
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self.n_events == 0 and exc_type is None:  # no events at all: the full layout, with no entries
             try:
                 side = int(round(np.sqrt(self._n_cells)))
@@ -407,14 +506,21 @@ class EventWriter:
                 raise
         self._exit_now(exc_type, exc, tb)
 
-    def _exit_now(self, exc_type: object, exc: object, tb: object) -> None:
+    def _exit_now(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._flat is not None:
             self._flat.__exit__(exc_type, exc, tb)
         else:
             _close_atomic(self, exc_type, exc, tb)
 
 
-def _close_atomic(writer: Any, exc_type: Any, exc: Any, tb: Any) -> None:
+def _close_atomic(
+    writer: ShowerWriter | EventWriter,
+    exc_type: type[BaseException] | None,
+    exc: BaseException | None,
+    tb: TracebackType | None,
+) -> None:
     """Close a writer's file, then rename its temporary file into place only if all went well."""
     atomic, file = writer._atomic, writer._file
     writer._file = None
@@ -430,12 +536,12 @@ def _close_atomic(writer: Any, exc_type: Any, exc: Any, tb: Any) -> None:
     atomic.__exit__(exc_type, exc, tb)
 
 
-def _group_branches(extra: Any, *, reserved: set[str]) -> dict[str, Any]:
+def _group_branches(extra: ak.Array, *, reserved: set[str]) -> dict[str, ak.Array | np.ndarray]:
     """Per-event input branches to copy: jagged ``X_y`` fields with equal counts grouped under ``X``."""
     import awkward as ak
 
-    out: dict[str, Any] = {}
-    groups: dict[str, dict[str, Any]] = {}
+    out: dict[str, ak.Array | np.ndarray] = {}
+    groups: dict[str, dict[str, ak.Array]] = {}
     for field in ak.fields(extra):
         if field in reserved:
             continue
@@ -464,9 +570,29 @@ def write(
     *,
     overwrite: bool = False,
     detector: Detector = DEFAULT_DETECTOR,
-    metadata: dict[str, Any] | None = None,
+    metadata: Mapping[str, object] | None = None,
 ) -> Path:
-    """Write a whole dataset to ``path`` (.root, .h5 or .hdf5), atomically; return the path."""
+    """Write a whole dataset to ``path`` (.root, .h5 or .hdf5), atomically; return the path.
+
+    Arguments:
+        data: the showers.
+        path: the file; its extension chooses the format (see the module docstring).
+        overwrite: replace an existing file.
+        detector: stored in the metadata; its number of cells must match the images.
+        metadata: more JSON-ready entries for the file's metadata (see :func:`metadata`).
+
+    Raises:
+        FileExistsError if ``path`` exists and ``overwrite`` is false; ValueError for an unknown
+        extension or images of another size than the detector's.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> data = ShowerData.from_arrays(energy=[2.0], eta=[0.0], phi=[0.0], pdgid=[11],
+        ...                               impact_x=[5.0], impact_y=[5.0], images=np.zeros((1, 24, 24)))
+        >>> path = write(data, pathlib.Path(tempfile.mkdtemp()) / "one.root")
+        >>> read(path).pdgid.tolist()
+        [11]
+    """
     with ShowerWriter(path, overwrite=overwrite, detector=detector, metadata=metadata) as out:
         out.write(data)
     return Path(path)
@@ -479,7 +605,7 @@ def _suggest(name: str, available: list[str]) -> str:
     return f"; did you mean {near}?" if near else ""
 
 
-def _open_hdf5(path: Path) -> tuple[Any, int, float]:
+def _open_hdf5(path: Path) -> tuple[h5py.File, int, float]:
     import h5py
 
     f = h5py.File(path, "r")
@@ -507,7 +633,7 @@ def _open_hdf5(path: Path) -> tuple[Any, int, float]:
     return f, n, scale
 
 
-def _root_meta(f: Any, path: Path) -> dict[str, Any]:
+def _root_meta(f: uproot.ReadOnlyDirectory, path: Path) -> dict[str, Any]:
     if _META not in f:
         return {}
     meta = dict(json.loads(str(f[_META])))
@@ -561,7 +687,7 @@ def _root_layout(path: Path) -> str:
         return str(_root_meta(f, path).get("layout", "showers"))
 
 
-def _open_root(path: Path) -> tuple[Any, Any, int]:
+def _open_root(path: Path) -> tuple[uproot.ReadOnlyDirectory, uproot.TTree, int]:
     import uproot
 
     f = uproot.open(path)
@@ -602,7 +728,27 @@ def iterate(
 ) -> Iterator[ShowerData]:
     """Read a shower file in chunks of at most ``step_size`` showers (bounded memory).
 
-    ``detector`` checks the number of cells (None skips the check).
+    Arguments:
+        path: a .root, .h5 or .hdf5 shower file, flat or by event (see the module docstring).
+        step_size: the most showers in one chunk.
+        detector: checks the number of cells (None skips the check).
+        entry_start, entry_stop: the range of showers to read (None: to the end).
+
+    Returns:
+        An iterator over :class:`ShowerData` chunks, in GeV whatever the file's unit.
+
+    Raises:
+        FileNotFoundError; ValueError for a bad ``step_size``, an unknown extension, another number
+        of cells than the detector's, units or values that are wrong; KeyError naming missing
+        columns with near misses.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> data = ShowerData.from_arrays(energy=[1.0, 2.0, 3.0], eta=[0.0] * 3, phi=[0.0] * 3, pdgid=[22] * 3,
+        ...                               impact_x=[5.0] * 3, impact_y=[5.0] * 3, images=np.ones((3, 24, 24)))
+        >>> path = write(data, pathlib.Path(tempfile.mkdtemp()) / "three.h5")
+        >>> [chunk.energy.tolist() for chunk in iterate(path, step_size=2)]
+        [[1.0, 2.0], [3.0]]
     """
     path = Path(path)
     if not path.is_file():
@@ -611,7 +757,7 @@ def iterate(
     if step_size <= 0:
         msg = f"step_size must be > 0, got {step_size}"
         raise ValueError(msg)
-    kind = _kind(path)
+    kind = file_kind(path)
     source = str(path)
     if kind == "hdf5":
         f, n, scale = _open_hdf5(path)
@@ -648,6 +794,9 @@ def iterate(
 def metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The metadata a shower file carries (format, units, detector, generator, ...); {} if none.
 
+    Raises:
+        FileNotFoundError; ValueError for an unknown extension.
+
     Example:
         >>> import numpy as np, fastcalo.datasets as ds
         >>> data = ds.ShowerData.from_arrays(energy=[1.0], eta=[0.0], phi=[0.0], pdgid=[22],
@@ -661,7 +810,7 @@ def metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.is_file():
         msg = f"no shower file at {path}"
         raise FileNotFoundError(msg)
-    if _kind(path) == "hdf5":
+    if file_kind(path) == "hdf5":
         import h5py
 
         with h5py.File(path, "r") as f:
@@ -680,9 +829,22 @@ def metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         return dict(json.loads(str(f[_META]))) if _META in f else {}
 
 
-def read(path: str | os.PathLike[str], *, detector: Detector | None = DEFAULT_DETECTOR, **kwargs: Any) -> ShowerData:
-    """Read a whole shower file into memory (see :func:`iterate` for the options)."""
-    parts = list(iterate(path, detector=detector, **kwargs))
+def read(
+    path: str | os.PathLike[str],
+    *,
+    detector: Detector | None = DEFAULT_DETECTOR,
+    step_size: int = 100_000,
+    entry_start: int = 0,
+    entry_stop: int | None = None,
+) -> ShowerData:
+    """Read a whole shower file into memory (see :func:`iterate` for the options).
+
+    Raises:
+        ValueError for a file that holds no showers, and what :func:`iterate` raises.
+    """
+    parts = list(
+        iterate(path, detector=detector, step_size=step_size, entry_start=entry_start, entry_stop=entry_stop)
+    )
     if not parts:
         msg = f"{path}: the file holds no showers"
         raise ValueError(msg)

@@ -13,10 +13,12 @@ References:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 __all__ = (
     "ELECTRON_MASS",
@@ -37,12 +39,21 @@ ELECTRON_MASS = 0.51099895e-3
 PARTICLES: dict[str, int] = {"photon": 22, "electron": 11, "positron": -11}
 
 
-def pdgid_of(particle: str | int) -> int:
+def pdgid_of(particle: str | int | np.integer[Any]) -> int:
     """The PDG id of a particle given by name ("photon") or id (22).
 
+    Arguments:
+        particle: a name of :data:`PARTICLES` (any case) or one of their PDG ids.
+
+    Returns:
+        The PDG id.
+
+    Raises:
+        ValueError listing the known particles, for any other name or id.
+
     Example:
-        >>> pdgid_of("positron")
-        -11
+        >>> pdgid_of("positron"), pdgid_of("Photon"), pdgid_of(11)
+        (-11, 22, 11)
     """
     if isinstance(particle, (int, np.integer)) and int(particle) in PARTICLES.values():
         return int(particle)
@@ -53,8 +64,16 @@ def pdgid_of(particle: str | int) -> int:
     raise ValueError(msg)
 
 
-def particle_name(pdgid: int) -> str:
-    """The name of a PDG id that fastcalo simulates (22 -> "photon")."""
+def particle_name(pdgid: int | np.integer[Any]) -> str:
+    """The name of a PDG id that fastcalo simulates (22 -> "photon").
+
+    Raises:
+        ValueError listing the known ids, for any other id.
+
+    Example:
+        >>> particle_name(-11)
+        'positron'
+    """
     for name, value in PARTICLES.items():
         if value == int(pdgid):
             return name
@@ -97,8 +116,13 @@ class Material:
         electrons = sum(n * z for z, n in self.composition)
         return self.density * avogadro * electrons / self.molar_mass * 1e-3  # cm^-3 -> mm^-3
 
-    def photoelectric_attenuation(self, energy: np.ndarray) -> np.ndarray:
-        """Photo-absorption coefficient in mm^-1 at photon energy ``energy`` (GeV)."""
+    def photoelectric_attenuation(self, energy: ArrayLike) -> NDArray[np.float64]:
+        """Photo-absorption coefficient in mm^-1 at photon energy ``energy`` (GeV), same shape.
+
+        Example:
+            >>> round(float(Material().photoelectric_attenuation(0.5e-3)), 4)  # 0.066 cm2/g x 8.28 g/cm3
+            0.0546
+        """
         e_ref, mass_coefficient, power = self.photoelectric
         return mass_coefficient * self.density * 0.1 * (e_ref / np.asarray(energy, dtype=np.float64)) ** power
 
@@ -183,7 +207,7 @@ class Detector:
         return self.n_cells * self.n_cells
 
     @property
-    def cell_edges(self) -> np.ndarray:
+    def cell_edges(self) -> NDArray[np.float64]:
         """Cell edges in mm, the same in x and y: shape (n_cells + 1,)."""
         return np.linspace(-self.half_width, self.half_width, self.n_cells + 1)
 
@@ -194,8 +218,13 @@ class Detector:
         return float(low), float(low + self.cell_size)
 
     @staticmethod
-    def incidence_angle(eta: np.ndarray | float) -> np.ndarray:
-        """Angle (rad) between the particle and the face normal: tan(alpha) = sinh(eta)."""
+    def incidence_angle(eta: ArrayLike) -> NDArray[np.float64]:
+        """Angle (rad) between the particle and the face normal: tan(alpha) = sinh(eta), same shape as ``eta``.
+
+        Example:
+            >>> Detector.incidence_angle([0.0, 0.5]).round(4).tolist()
+            [0.0, 0.4804]
+        """
         return np.arctan(np.sinh(np.asarray(eta, dtype=np.float64)))
 
     def to_dict(self) -> dict[str, object]:
@@ -205,32 +234,45 @@ class Detector:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> Detector:
-        """Inverse of :meth:`to_dict` (lists become tuples); unknown keys raise ``ValueError``.
+    def from_dict(cls, values: Mapping[str, object]) -> Detector:
+        """Inverse of :meth:`to_dict` (lists become tuples, as after a JSON round trip).
+
+        Raises:
+            ValueError naming the unknown field(s) and the expected ones.
 
         Example:
             >>> Detector.from_dict(Detector().to_dict()) == Detector()
             True
         """
+        parts: dict[str, type[Material | Response | ConditionRanges]] = {
+            "material": Material,
+            "response": Response,
+            "conditions": ConditionRanges,
+        }
+        arguments = _arguments(cls, values)
+        for key, value in arguments.items():
+            part = parts.get(key)
+            if part is not None:
+                arguments[key] = part(**_arguments(part, value))
+        return cls(**arguments)
 
-        def build(kind: Any, data: dict[str, Any]) -> Any:
-            names = {f.name: f for f in fields(kind)}
-            unknown = sorted(set(data) - set(names))
-            if unknown:
-                msg = f"unknown {kind.__name__} field(s) {unknown}; expected {sorted(names)}"
-                raise ValueError(msg)
-            out: dict[str, Any] = {}
-            for key, value in data.items():
-                sub = {"material": Material, "response": Response, "conditions": ConditionRanges}.get(key)
-                if sub is not None and kind is Detector:
-                    out[key] = build(sub, value)
-                elif isinstance(value, list):
-                    out[key] = tuple(tuple(v) if isinstance(v, list) else v for v in value)
-                else:
-                    out[key] = value
-            return kind(**out)
 
-        return build(cls, values)  # type: ignore[no-any-return]
+def _arguments(
+    kind: type[Detector | Material | Response | ConditionRanges], data: Mapping[str, object]
+) -> dict[str, Any]:
+    """Keyword arguments for the dataclass ``kind`` from a decoded JSON object (lists -> tuples).
+
+    The values are typed ``Any``: they come from JSON and meet their types in ``kind``'s constructor.
+    """
+    names = sorted(f.name for f in fields(kind))
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        msg = f"unknown {kind.__name__} field(s) {unknown}; expected {names}"
+        raise ValueError(msg)
+    return {
+        key: tuple(tuple(v) if isinstance(v, list) else v for v in value) if isinstance(value, list) else value
+        for key, value in data.items()
+    }
 
 
 DEFAULT_DETECTOR = Detector()

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Any
+from typing import TypeVar
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from ..datasets import ShowerData, ShowerWriter
 from ..detector import DEFAULT_DETECTOR, ELECTRON_MASS, Detector, pdgid_of
@@ -40,6 +42,7 @@ __all__ = (
 )
 
 _KIND_OF_PDGID = {22: 0, 11: 1, -11: 2}
+_Scalar = TypeVar("_Scalar", bound=np.generic)
 
 
 @dataclass(frozen=True)
@@ -89,14 +92,15 @@ class MCResult:
     """
 
     showers: ShowerData
-    true_images: np.ndarray
-    leakage: np.ndarray
-    longitudinal: np.ndarray | None
-    radial: np.ndarray | None
+    true_images: NDArray[np.float64]
+    leakage: NDArray[np.float64]
+    longitudinal: NDArray[np.float64] | None
+    radial: NDArray[np.float64] | None
     config: MCConfig
 
     @property
-    def available(self) -> np.ndarray:
+    def available(self) -> NDArray[np.float64]:
+        """(N,) energy the cascade had to give, GeV."""
         return self.showers.energy + np.where(self.showers.pdgid == -11, 2 * ELECTRON_MASS, 0.0)
 
 
@@ -105,7 +109,7 @@ def _tables(detector: Detector, gamma_cut: float) -> PhysicsTables:
     return build_tables(detector.material, gamma_cut)
 
 
-def _as_column(name: str, value: Any, n: int, dtype: Any = np.float64) -> np.ndarray:
+def _as_column(name: str, value: ArrayLike, n: int, dtype: type[_Scalar]) -> NDArray[_Scalar]:
     array = np.asarray(value, dtype=dtype).reshape(-1)
     if array.size == 1 and n > 1:
         array = np.full(n, array[0], dtype=dtype)
@@ -115,14 +119,16 @@ def _as_column(name: str, value: Any, n: int, dtype: Any = np.float64) -> np.nda
     return array
 
 
-def _check_energies(energy: np.ndarray) -> None:
+def _check_energies(energy: NDArray[np.float64]) -> None:
     if not np.all(np.isfinite(energy)) or np.any(energy <= 0):
         bad = energy[~(np.isfinite(energy) & (energy > 0))]
         msg = f"incident energies must be finite and > 0 GeV, found {bad[:5].tolist()}"
         raise ValueError(msg)
 
 
-def _starts(eta: np.ndarray, impact_x: np.ndarray, impact_y: np.ndarray, detector: Detector) -> np.ndarray:
+def _starts(
+    eta: NDArray[np.float64], impact_x: NDArray[np.float64], impact_y: NDArray[np.float64], detector: Detector
+) -> NDArray[np.float64]:
     """(x, y, z, ux, uy, uz) at the front face for lines crossing the impact plane at (impact_x, impact_y)."""
     alpha = detector.incidence_angle(eta)
     z_ref = detector.impact_depth_x0 * detector.material.radiation_length
@@ -137,13 +143,13 @@ def _starts(eta: np.ndarray, impact_x: np.ndarray, impact_y: np.ndarray, detecto
 
 
 def simulate(
-    energy: Any,
-    eta: Any = 0.0,
-    particle: str | int | Any = "photon",
+    energy: ArrayLike,
+    eta: ArrayLike = 0.0,
+    particle: str | int | ArrayLike = "photon",
     *,
-    impact_x: Any = None,
-    impact_y: Any = None,
-    phi: Any = 0.0,
+    impact_x: ArrayLike | None = None,
+    impact_y: ArrayLike | None = None,
+    phi: ArrayLike = 0.0,
     seed: int = 0,
     first_index: int = 0,
     detector: Detector = DEFAULT_DETECTOR,
@@ -168,6 +174,16 @@ def simulate(
 
     Returns:
         MCResult with ``showers.images`` (N, 24, 24) float32 GeV.
+
+    Raises:
+        ValueError for no energy, energies that are not finite and > 0, non-finite eta, columns
+        whose length is neither N nor 1, and particles fastcalo does not simulate.
+
+    Example:
+        >>> result = simulate([20.0, 20.0], particle="electron", seed=3, response=False)
+        >>> deposit = result.true_images.sum(axis=(1, 2)) + result.leakage
+        >>> bool(np.allclose(deposit, result.available))  # energy is conserved
+        True
     """
     from ._transport import apply_response, transport
 
@@ -177,7 +193,7 @@ def simulate(
         msg = "simulate needs at least one energy"
         raise ValueError(msg)
     _check_energies(energy)
-    eta = _as_column("eta", eta, n)
+    eta = _as_column("eta", eta, n, np.float64)
     if not np.all(np.isfinite(eta)):
         msg = f"eta must be finite, found {eta[~np.isfinite(eta)][:5].tolist()}"
         raise ValueError(msg)
@@ -189,9 +205,9 @@ def simulate(
             pdgid_of(int(value))
     low, high = detector.central_cell
     centre = 0.5 * (low + high)
-    impact_x = _as_column("impact_x", centre if impact_x is None else impact_x, n)
-    impact_y = _as_column("impact_y", centre if impact_y is None else impact_y, n)
-    phi = _as_column("phi", phi, n)
+    impact_x = _as_column("impact_x", centre if impact_x is None else impact_x, n, np.float64)
+    impact_y = _as_column("impact_y", centre if impact_y is None else impact_y, n, np.float64)
+    phi = _as_column("phi", phi, n, np.float64)
 
     tables = _tables(detector, config.gamma_cut)
     geo = np.array(
@@ -239,8 +255,9 @@ def simulate(
     )
 
 
-def _parse_range(name: str, value: Any) -> tuple[float, float]:
-    low, high = (float(value), float(value)) if np.ndim(value) == 0 else (float(value[0]), float(value[1]))
+def _parse_range(name: str, value: ArrayLike) -> tuple[float, float]:
+    bounds = np.asarray(value, dtype=np.float64).reshape(-1)
+    low, high = (float(bounds[0]), float(bounds[0])) if np.ndim(value) == 0 else (float(bounds[0]), float(bounds[1]))
     if not (math.isfinite(low) and math.isfinite(high)) or low > high:
         msg = f"{name} range must be finite with low <= high, got {value!r}"
         raise ValueError(msg)
@@ -250,9 +267,9 @@ def _parse_range(name: str, value: Any) -> tuple[float, float]:
 def sample_conditions(
     n: int,
     *,
-    energy: Any = (1.0, 100.0),
-    points: Any = None,
-    eta: Any = (-1.5, 1.5),
+    energy: ArrayLike = (1.0, 100.0),
+    points: ArrayLike | None = None,
+    eta: ArrayLike = (-1.5, 1.5),
     particle: str | int = "photon",
     log_uniform: bool = True,
     seed: int = 0,
@@ -270,8 +287,12 @@ def sample_conditions(
         seed: the random seed.
 
     Returns:
-        Columns ``energy, eta, phi, pdgid, impact_x, impact_y`` (see :mod:`fastcalo.datasets`);
-        the impact point is uniform in the central cell.
+        Columns ``energy, eta, phi, pdgid, impact_x, impact_y`` (see :mod:`fastcalo.datasets`),
+        float64 and ``pdgid`` int32; the impact point is uniform in the central cell.
+
+    Raises:
+        ValueError for ``n`` that is not a positive integer, empty ``points``, energies that are
+        not finite and > 0, ranges with low > high, and an unknown particle.
 
     Example:
         >>> c = sample_conditions(3, points=[1.0, 10.0], seed=1)
@@ -308,7 +329,7 @@ def sample_conditions(
 
 
 def simulate_to_file(
-    conditions: dict[str, np.ndarray],
+    conditions: Mapping[str, np.ndarray],
     path: str | os.PathLike[str],
     *,
     seed: int = 0,
@@ -317,12 +338,38 @@ def simulate_to_file(
     detector: Detector = DEFAULT_DETECTOR,
     config: MCConfig = MCConfig(),
     progress: bool = True,
-    metadata: dict[str, Any] | None = None,
+    metadata: Mapping[str, object] | None = None,
 ) -> int:
     """Simulate showers for the given conditions and write them to ``path`` chunk by chunk, atomically.
 
     The result is the same whatever ``chunk_size``: shower i always uses stream (seed, i).
-    Returns the number of showers written.
+
+    Arguments:
+        conditions: columns ``energy, eta, phi, pdgid, impact_x, impact_y``, each (N,), as
+            :func:`sample_conditions` returns them.
+        path: the output, .root, .h5 or .hdf5 (see :mod:`fastcalo.datasets`).
+        seed: the random seed.
+        overwrite: replace an existing file.
+        chunk_size: showers simulated and written at a time (memory).
+        detector, config: the calorimeter and the tracking cuts.
+        progress: a progress bar.
+        metadata: more JSON-ready entries for the file's metadata.
+
+    Returns:
+        The number of showers written.
+
+    Raises:
+        FileExistsError if ``path`` exists and ``overwrite`` is false, and what :func:`simulate`
+        raises.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from fastcalo import datasets
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "mc.h5"
+        >>> simulate_to_file(sample_conditions(3, energy=5.0), path, chunk_size=2, progress=False)
+        3
+        >>> datasets.metadata(path)["generator"]
+        'fastcalo.mc'
     """
     from tqdm.auto import tqdm
 
@@ -351,7 +398,7 @@ def simulate_to_file(
     return n
 
 
-def longitudinal_fit(profile: np.ndarray, bin_width: float) -> tuple[float, float, float]:
+def longitudinal_fit(profile: ArrayLike, bin_width: float) -> tuple[float, float, float]:
     """Fit the gamma-function profile dE/dt = E b (bt)^(a-1) e^(-bt) / Gamma(a) (PDG eq. 34.35).
 
     The fit is linear in log: ln(dE/dt) = c + (a - 1) ln t - b t, with each bin weighted by its
@@ -363,6 +410,16 @@ def longitudinal_fit(profile: np.ndarray, bin_width: float) -> tuple[float, floa
 
     Returns:
         (a, b, t_max) with t_max = (a - 1) / b in radiation lengths.
+
+    Example:
+        >>> t = (np.arange(100) + 0.5) * 0.25
+        >>> a, b, t_max = longitudinal_fit(t**3 * np.exp(-0.5 * t), 0.25)  # a = 4, b = 0.5
+        >>> round(a, 6), round(b, 6), round(t_max, 6)
+        (4.0, 0.5, 6.0)
+
+    References:
+        PDG Review, "Passage of particles through matter", eq. 34.35; E. Longo and I. Sestili,
+        Nucl. Instrum. Meth. 128 (1975) 283.
     """
     profile = np.asarray(profile, dtype=np.float64)
     t = (np.arange(profile.size) + 0.5) * bin_width
@@ -374,7 +431,7 @@ def longitudinal_fit(profile: np.ndarray, bin_width: float) -> tuple[float, floa
     return float(a), float(b), float((a - 1.0) / b)
 
 
-def shower_maximum(profile: np.ndarray, bin_width: float, *, window: float = 1.5) -> float:
+def shower_maximum(profile: ArrayLike, bin_width: float, *, window: float = 1.5) -> float:
     """Depth of the maximum of a mean longitudinal profile, in radiation lengths.
 
     The vertex of a parabola fitted to the bins within ``window`` X0 of the highest bin (the
@@ -386,6 +443,18 @@ def shower_maximum(profile: np.ndarray, bin_width: float, *, window: float = 1.5
     Arguments:
         profile: mean energy per depth bin, shape (n_bins,).
         bin_width: bin width in radiation lengths.
+        window: half-width of the fitted range around the highest bin, in radiation lengths.
+
+    Returns:
+        The depth of the maximum in radiation lengths.
+
+    Raises:
+        ValueError if the fitted parabola has no maximum (an empty or monotonic profile).
+
+    Example:
+        >>> t = (np.arange(100) + 0.5) * 0.25
+        >>> round(shower_maximum(np.maximum(4.0 - (t - 6.0) ** 2, 0.0), 0.25), 6)  # a parabola near 6 X0
+        6.0
     """
     profile = np.asarray(profile, dtype=np.float64)
     t = (np.arange(profile.size) + 0.5) * bin_width

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numba as nb
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from ..detector import ELECTRON_MASS, Material
 
@@ -45,17 +46,17 @@ class PhysicsTables:
     """Tabulated rates (per X0) on a grid uniform in log(energy / GeV).
 
     ``log_e0`` and ``dlog`` define the grid; arrays are indexed by grid point.
-    ``params`` holds the scalar constants the samplers need, see :func:`build_tables`.
+    ``screening`` holds the constants the shape functions need, see :func:`screening_constants`.
     """
 
     log_e0: float
     dlog: float
-    brem_rate: np.ndarray  # discrete brems with k > gamma_cut, per X0, vs electron kinetic energy
-    dedx: np.ndarray  # continuous loss (ionisation + soft brems), GeV per X0, vs kinetic energy
-    photon_rate: np.ndarray  # pair + Compton + photo-absorption, per X0, vs photon energy
-    pair_fraction: np.ndarray  # pair / total
-    photo_fraction: np.ndarray  # photo-absorption / total
-    screening: np.ndarray  # see screening_constants()
+    brem_rate: NDArray[np.float64]  # discrete brems with k > gamma_cut, per X0, vs electron kinetic energy
+    dedx: NDArray[np.float64]  # continuous loss (ionisation + soft brems), GeV per X0, vs kinetic energy
+    photon_rate: NDArray[np.float64]  # pair + Compton + photo-absorption, per X0, vs photon energy
+    pair_fraction: NDArray[np.float64]  # pair / total
+    photo_fraction: NDArray[np.float64]  # photo-absorption / total
+    screening: NDArray[np.float64]  # see screening_constants()
 
 
 @nb.njit(cache=True)
@@ -74,18 +75,18 @@ COULOMB_CORRECTION_ABOVE = 0.05
 
 
 @nb.njit(cache=True, inline="always")
-def _constant(energy: float, scr: np.ndarray) -> float:
-    return scr[1] + (scr[2] if energy > COULOMB_CORRECTION_ABOVE else 0.0)
+def _constant(energy: float, scr: NDArray[np.float64]) -> float:
+    return float(scr[1] + (scr[2] if energy > COULOMB_CORRECTION_ABOVE else 0.0))
 
 
 @nb.njit(cache=True)
-def brems_shape(y: float, e_total: float, scr: np.ndarray) -> float:
+def brems_shape(y: float, e_total: float, scr: NDArray[np.float64]) -> float:
     """Tsai's bremsstrahlung bracket over its complete-screening value (>= 0, < 1.5), y = k / E.
 
     The rate per X0 is brems_shape / k dk; it is 4/3 - 4/3 y + y^2 with complete screening at
     high energy. ``scr`` is :func:`screening_constants`.
     """
-    c136, f0 = scr[0], scr[3]
+    c136, f0 = float(scr[0]), float(scr[3])
     cst = _constant(e_total, scr)
     phi1, phi2 = _phi(c136 / e_total * y / (1.0 - y))
     value = (1.0 + (1.0 - y) ** 2) * (phi1 / 4.0 - cst) - 2.0 / 3.0 * (1.0 - y) * (phi2 / 4.0 - cst)
@@ -93,19 +94,19 @@ def brems_shape(y: float, e_total: float, scr: np.ndarray) -> float:
 
 
 @nb.njit(cache=True)
-def pair_shape(x: float, k: float, scr: np.ndarray) -> float:
+def pair_shape(x: float, k: float, scr: NDArray[np.float64]) -> float:
     """Tsai's pair-production bracket over its complete-screening value (>= 0, <= 1), x = E+ / k.
 
     The rate per X0 is pair_shape dx; it is 1 - 4/3 x (1 - x) with complete screening.
     """
-    c136, f0 = scr[0], scr[3]
+    c136, f0 = float(scr[0]), float(scr[3])
     cst = _constant(k, scr)
     phi1, phi2 = _phi(c136 / (k * x * (1.0 - x)))
     value = (x * x + (1.0 - x) ** 2) * (phi1 / 4.0 - cst) + 2.0 / 3.0 * x * (1.0 - x) * (phi2 / 4.0 - cst)
     return max(value / f0, 0.0)
 
 
-def screening_constants(z: float) -> np.ndarray:
+def screening_constants(z: float) -> NDArray[np.float64]:
     """(136 m_e Z^(-1/3), ln(Z)/3, f(Z), phi1(0)/4 - ln(Z)/3 - f(Z)) for the shape functions.
 
     The last is the normalisation: the complete-screening, Coulomb-corrected limit (1/X0).
@@ -116,8 +117,8 @@ def screening_constants(z: float) -> np.ndarray:
 
 @nb.njit(cache=True)
 def _integrate_tables(
-    energies: np.ndarray, gamma_cut: float, scr: np.ndarray, n_quad: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    energies: NDArray[np.float64], gamma_cut: float, scr: NDArray[np.float64], n_quad: int
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
     """Discrete brems rate, soft-brems loss (GeV/X0) and pair rate per X0 (midpoint rule)."""
     n = energies.size
     brem = np.zeros(n)
@@ -147,7 +148,7 @@ def _integrate_tables(
     return brem, soft, pair
 
 
-def klein_nishina(k: np.ndarray) -> np.ndarray:
+def klein_nishina(k: ArrayLike) -> NDArray[np.float64]:
     """Klein-Nishina total cross section per electron in mm^2, for photon energy k in GeV."""
     kap = np.asarray(k, dtype=np.float64) / ELECTRON_MASS
     l2k = np.log1p(2.0 * kap)
@@ -156,11 +157,10 @@ def klein_nishina(k: np.ndarray) -> np.ndarray:
     return 2.0 * math.pi * _CLASSICAL_ELECTRON_RADIUS_MM**2 * term
 
 
-def ionisation_loss(kinetic: np.ndarray, material: Material) -> np.ndarray:
+def ionisation_loss(kinetic: ArrayLike, material: Material) -> NDArray[np.float64]:
     """Collision stopping power in GeV per X0: equal to E_c at T = E_c (Rossi), rising logarithmically."""
-    kinetic = np.asarray(kinetic, dtype=np.float64)
     ec = material.critical_energy
-    return ec * (1.0 + IONISATION_LOG_SLOPE * np.log(kinetic / ec))
+    return ec * (1.0 + IONISATION_LOG_SLOPE * np.log(np.asarray(kinetic, dtype=np.float64) / ec))
 
 
 def build_tables(
@@ -181,6 +181,9 @@ def build_tables(
         e_min, e_max: range of the tables in GeV.
         n_points: grid points, uniform in log(E).
         n_quad: quadrature points per integral.
+
+    Returns:
+        The tables, on a grid uniform in log(E) from ``e_min`` to ``e_max``.
     """
     log_grid = np.linspace(math.log(e_min), math.log(e_max), n_points)
     energies = np.exp(log_grid)

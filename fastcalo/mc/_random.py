@@ -14,15 +14,20 @@ import math
 
 import numba as nb
 import numpy as np
+from numpy.typing import NDArray
 
 __all__ = ("exponential", "new_state", "normal", "normal_pair", "poisson", "uniform")
 
 _U64 = nb.uint64
+# The annotated locals below (``mixed: np.uint64 = ...``) change nothing in the compiled code (Python
+# does not evaluate the annotations of local variables); they keep the scalar types for mypy, to
+# which numpy's scalar operators are untyped when it checks as Python 3.10 (numpy >= 2.3 stubs).
 
 
 @nb.njit(cache=True, inline="always")
 def _rotl(x: np.uint64, k: np.uint64) -> np.uint64:
-    return (x << k) | (x >> (_U64(64) - k))
+    rotated: np.uint64 = (x << k) | (x >> (_U64(64) - k))
+    return rotated
 
 
 @nb.njit(cache=True)
@@ -30,11 +35,12 @@ def _splitmix(x: np.uint64) -> np.uint64:
     z = x + _U64(0x9E3779B97F4A7C15)
     z = (z ^ (z >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> _U64(27))) * _U64(0x94D049BB133111EB)
-    return z ^ (z >> _U64(31))
+    mixed: np.uint64 = z ^ (z >> _U64(31))
+    return mixed
 
 
 @nb.njit(cache=True)
-def new_state(seed: np.uint64, index: np.uint64, stream: np.uint64) -> np.ndarray:
+def new_state(seed: np.uint64, index: np.uint64, stream: np.uint64) -> NDArray[np.uint64]:
     """Independent xoshiro256** state for (seed, index, stream)."""
     state = np.empty(4, dtype=np.uint64)
     x = _splitmix(_splitmix(_splitmix(seed) ^ index) ^ (stream * _U64(0xD1B54A32D192ED03)))
@@ -45,8 +51,8 @@ def new_state(seed: np.uint64, index: np.uint64, stream: np.uint64) -> np.ndarra
 
 
 @nb.njit(cache=True, inline="always")
-def _next(s: np.ndarray) -> np.uint64:
-    result = _rotl(s[1] * _U64(5), _U64(7)) * _U64(9)
+def _next(s: NDArray[np.uint64]) -> np.uint64:
+    result: np.uint64 = _rotl(s[1] * _U64(5), _U64(7)) * _U64(9)
     t = s[1] << _U64(17)
     s[2] ^= s[0]
     s[3] ^= s[1]
@@ -58,24 +64,26 @@ def _next(s: np.ndarray) -> np.uint64:
 
 
 @nb.njit(cache=True, inline="always")
-def uniform(s: np.ndarray) -> float:
+def uniform(s: NDArray[np.uint64]) -> float:
     """Uniform in (0, 1): never exactly 0, so log(uniform) is finite."""
-    return ((_next(s) >> _U64(11)) + 0.5) * (1.0 / 9007199254740992.0)
+    u: float = ((_next(s) >> _U64(11)) + 0.5) * (1.0 / 9007199254740992.0)
+    return u
 
 
 @nb.njit(cache=True)
-def exponential(s: np.ndarray) -> float:
+def exponential(s: NDArray[np.uint64]) -> float:
+    """Exponential with mean 1 (inverse transform of :func:`uniform`)."""
     return -math.log(uniform(s))
 
 
 @nb.njit(cache=True)
-def normal(s: np.ndarray) -> float:
+def normal(s: NDArray[np.uint64]) -> float:
     """Standard normal (Box-Muller; one value per call)."""
     return math.sqrt(-2.0 * math.log(uniform(s))) * math.cos(2.0 * math.pi * uniform(s))
 
 
 @nb.njit(cache=True)
-def normal_pair(s: np.ndarray) -> tuple[float, float]:
+def normal_pair(s: NDArray[np.uint64]) -> tuple[float, float]:
     """Two independent standard normals (both Box-Muller outputs)."""
     r = math.sqrt(-2.0 * math.log(uniform(s)))
     phi = 2.0 * math.pi * uniform(s)
@@ -83,7 +91,7 @@ def normal_pair(s: np.ndarray) -> tuple[float, float]:
 
 
 @nb.njit(cache=True)
-def poisson(s: np.ndarray, lam: float) -> float:
+def poisson(s: NDArray[np.uint64], lam: float) -> float:
     """Poisson variate: multiplication method below mean 10, Hormann's PTRS above.
 
     References:

@@ -10,6 +10,7 @@ import math
 
 import numba as nb
 import numpy as np
+from numpy.typing import NDArray
 
 from ..detector import ELECTRON_MASS
 from ._physics import brems_shape, pair_shape
@@ -21,6 +22,8 @@ PHOTON, ELECTRON, POSITRON = 0, 1, 2
 _STACK = 4096
 _MAX_TRIES = 1000  # rejection-sampling attempts before a process is declared closed
 _M = ELECTRON_MASS
+#: The kernels' arrays of lengths (mm), energies (GeV) and tables: float64.
+_Floats = NDArray[np.float64]
 
 
 @nb.njit(cache=True, inline="always")
@@ -36,8 +39,8 @@ def _locate(log_e0: float, dlog: float, n: int, energy: float) -> tuple[int, flo
 
 
 @nb.njit(cache=True, inline="always")
-def _at(table: np.ndarray, i: int, f: float) -> float:
-    return table[i] * (1.0 - f) + table[i + 1] * f
+def _at(table: _Floats, i: int, f: float) -> float:
+    return float(table[i] * (1.0 - f) + table[i + 1] * f)
 
 
 @nb.njit(cache=True)
@@ -57,14 +60,14 @@ def _rotate(ux: float, uy: float, uz: float, cost: float, phi: float) -> tuple[f
 
 
 @nb.njit(cache=True, inline="always")
-def _inside(x: float, y: float, z: float, geo: np.ndarray) -> bool:
-    return 0.0 <= z <= geo[2] and -geo[1] <= x < geo[1] and -geo[1] <= y < geo[1]
+def _inside(x: float, y: float, z: float, geo: _Floats) -> bool:
+    return bool(0.0 <= z <= geo[2] and -geo[1] <= x < geo[1] and -geo[1] <= y < geo[1])
 
 
 @nb.njit(cache=True)
 def _deposit(
-    e: float, x: float, y: float, z: float, geo: np.ndarray, axis: np.ndarray,
-    image: np.ndarray, longitudinal: np.ndarray, radial: np.ndarray,
+    e: float, x: float, y: float, z: float, geo: _Floats, axis: _Floats,
+    image: _Floats, longitudinal: _Floats, radial: _Floats,
 ) -> float:
     """Score energy e at (x, y, z); return it back if the point is outside the block (leakage)."""
     hw = geo[1]
@@ -89,9 +92,9 @@ def _deposit(
 
 @nb.njit(cache=True)
 def _shower(
-    kind0: int, e0: float, start: np.ndarray, geo: np.ndarray, cuts: np.ndarray, tab_e: np.ndarray,
-    brem_rate: np.ndarray, dedx: np.ndarray, photon_rate: np.ndarray, pair_fraction: np.ndarray,
-    photo_fraction: np.ndarray, scr: np.ndarray, rng: np.ndarray, image: np.ndarray, longitudinal: np.ndarray, radial: np.ndarray,
+    kind0: int, e0: float, start: _Floats, geo: _Floats, cuts: _Floats, tab_e: _Floats,
+    brem_rate: _Floats, dedx: _Floats, photon_rate: _Floats, pair_fraction: _Floats,
+    photo_fraction: _Floats, scr: _Floats, rng: NDArray[np.uint64], image: _Floats, longitudinal: _Floats, radial: _Floats,
 ) -> float:
     """Transport one incident particle; return the energy that left the block."""
     x0 = geo[0]
@@ -139,11 +142,11 @@ def _shower(
                 if frac > 0.0:
                     if n + 2 > _STACK:
                         raise RuntimeError("fastcalo.mc: particle stack overflow")
-                    for sign in range(2):
-                        total = frac * e if sign == 0 else (1.0 - frac) * e
+                    for member in range(2):  # the electron, then the positron
+                        total = frac * e if member == 0 else (1.0 - frac) * e
                         # pair angle ~ m_e / E (the EGS4 default), around the photon direction
                         vx, vy, vz = _rotate(ux, uy, uz, math.cos(_M / total), 2.0 * math.pi * uniform(rng))
-                        kinds[n] = ELECTRON if sign == 0 else POSITRON
+                        kinds[n] = ELECTRON if member == 0 else POSITRON
                         stack[n, 0] = total - _M
                         stack[n, 1], stack[n, 2], stack[n, 3] = x, y, z
                         stack[n, 4], stack[n, 5], stack[n, 6] = vx, vy, vz
@@ -281,10 +284,10 @@ def _shower(
 
 @nb.njit(cache=True, parallel=True)
 def transport(
-    kinds: np.ndarray, energies: np.ndarray, starts: np.ndarray, seed: np.uint64, first_index: np.uint64,
-    geo: np.ndarray, cuts: np.ndarray, tab_e: np.ndarray, brem_rate: np.ndarray, dedx: np.ndarray,
-    photon_rate: np.ndarray, pair_fraction: np.ndarray, photo_fraction: np.ndarray, scr: np.ndarray,
-    images: np.ndarray, longitudinal: np.ndarray, radial: np.ndarray, leakage: np.ndarray,
+    kinds: NDArray[np.int64], energies: _Floats, starts: _Floats, seed: np.uint64, first_index: np.uint64,
+    geo: _Floats, cuts: _Floats, tab_e: _Floats, brem_rate: _Floats, dedx: _Floats,
+    photon_rate: _Floats, pair_fraction: _Floats, photo_fraction: _Floats, scr: _Floats,
+    images: _Floats, longitudinal: _Floats, radial: _Floats, leakage: _Floats,
 ) -> None:
     """Transport showers i = 0..N-1 with random streams (seed, first_index + i, 0), in parallel.
 
@@ -301,8 +304,8 @@ def transport(
 
 @nb.njit(cache=True, parallel=True)
 def apply_response(
-    true_images: np.ndarray, seed: np.uint64, first_index: np.uint64,
-    pe_per_gev: float, noise: float, threshold: float, out: np.ndarray,
+    true_images: _Floats, seed: np.uint64, first_index: np.uint64,
+    pe_per_gev: float, noise: float, threshold: float, out: _Floats,
 ) -> None:
     """Photo-statistics, Gaussian noise and zero suppression, cell by cell (random stream 1)."""
     n_cells = true_images.shape[1] * true_images.shape[2]

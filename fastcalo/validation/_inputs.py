@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -30,7 +30,12 @@ _OUTSIDE_FRACTION = 0.05
 
 
 def read(path: str | os.PathLike[str], *, max_showers: int | None, detector: Detector, progress: bool) -> ShowerData:
-    """Read a shower file (at most ``max_showers``), with a progress bar over the showers read."""
+    """Read a shower file (at most ``max_showers``), with a progress bar over the showers read.
+
+    Raises:
+        ValueError for ``max_showers`` <= 0 or a file with no showers, and what
+        :func:`fastcalo.datasets.iterate` raises.
+    """
     from tqdm.auto import tqdm
 
     path = Path(path)
@@ -48,19 +53,27 @@ def read(path: str | os.PathLike[str], *, max_showers: int | None, detector: Det
     return ShowerData.concatenate(parts)
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+def _flatten(value: object, prefix: str = "") -> dict[str, object]:
     if isinstance(value, dict):
-        out: dict[str, Any] = {}
+        out: dict[str, object] = {}
         for key, item in value.items():
             out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
         return out
     return {prefix: value}
 
 
-def check_detectors(described: list[tuple[str, dict[str, Any] | None]]) -> None:
+def check_detectors(described: Sequence[tuple[str, Mapping[str, object] | None]]) -> None:
     """Raise ValueError if the detectors described as (name, detector dict or None) differ.
 
     None (a file that declares no detector, e.g. from another tool) is not compared.
+
+    Example:
+        >>> from fastcalo.detector import Detector
+        >>> check_detectors([("a.h5", Detector().to_dict()), ("b.h5", None)])
+        >>> check_detectors([("a.h5", Detector().to_dict()), ("b.h5", Detector(n_cells=12).to_dict())])
+        Traceback (most recent call last):
+        ...
+        ValueError: a.h5 and b.h5 describe different detectors: n_cells: 24 vs 12
     """
     known = [(name, _flatten(json.loads(json.dumps(d)))) for name, d in described if d]
     for (name_a, a), (name_b, b) in zip(known, known[1:]):

@@ -8,17 +8,27 @@ References:
 
 from __future__ import annotations
 
+from typing import Any
+
 import hist
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 __all__ = ("diversity", "fpd", "frechet_distance", "kpd", "separation_power", "wasserstein_1")
 
 
-def separation_power(a: hist.Hist, b: hist.Hist, *, flow: bool = False) -> float:
+def separation_power(a: hist.Hist[Any], b: hist.Hist[Any], *, flow: bool = False) -> float:
     """0.5 * sum((p - q)^2 / (p + q)) of two histograms normalised to unit sum (0: identical, 1: disjoint).
 
     With ``flow``, the underflow and overflow bins count as two more bins, so that a sample whose
     values fall outside the axis is not judged on its in-range part alone.
+
+    Arguments:
+        a, b: histograms with the same axes, of any storage (``Any``: only their values are read).
+        flow: count the underflow and overflow bins.
+
+    Raises:
+        ValueError if either histogram is empty.
 
     Example:
         >>> import hist
@@ -37,9 +47,12 @@ def separation_power(a: hist.Hist, b: hist.Hist, *, flow: bool = False) -> float
     return float(0.5 * np.sum(np.divide((p - q) ** 2, s, out=np.zeros_like(s), where=s > 0)))
 
 
-def wasserstein_1(a: np.ndarray, b: np.ndarray) -> float:
+def wasserstein_1(a: ArrayLike, b: ArrayLike) -> float:
     """Wasserstein-1 (earth mover's) distance of two 1D samples: the integral of |F_a - F_b|,
     in the units of the values. Non-finite values are left out.
+
+    Raises:
+        ValueError if either sample has no finite value.
 
     Example:
         >>> wasserstein_1(np.array([0.0, 1.0]), np.array([2.0, 3.0]))
@@ -58,7 +71,7 @@ def wasserstein_1(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sum(np.abs(cdf_a - cdf_b) * np.diff(points)))
 
 
-def _standardise(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _standardise(x: NDArray[np.float64], y: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Scale both samples by the reference's mean and spread, so that features in mm and in
     fractions weigh alike; non-finite entries become 0 (the reference mean)."""
     mean, std = np.nanmean(x, axis=0), np.nanstd(x, axis=0)
@@ -66,12 +79,17 @@ def _standardise(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.nan_to_num((x - mean) / std), np.nan_to_num((y - mean) / std)
 
 
-def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
+def frechet_distance(x: NDArray[np.float64], y: NDArray[np.float64]) -> float:
     """|mu_x - mu_y|^2 + tr(C_x + C_y - 2 (C_x C_y)^(1/2)) of two (N, d) samples.
 
     The trace of the matrix root is computed as the sum of the square roots of the eigenvalues of
     C_x^(1/2) C_y C_x^(1/2) (symmetric, positive semi-definite), which also holds for singular
     covariances (a constant feature).
+
+    Example:
+        >>> x = np.array([[0.0, 0.0], [2.0, 2.0]])
+        >>> round(frechet_distance(x, x), 12), round(frechet_distance(x, x + 1.0), 12)
+        (0.0, 2.0)
     """
     cx, cy = np.atleast_2d(np.cov(x, rowvar=False)), np.atleast_2d(np.cov(y, rowvar=False))
     w, v = np.linalg.eigh(cx)
@@ -81,13 +99,32 @@ def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
     return float(diff @ diff + np.trace(cx) + np.trace(cy) - 2.0 * np.sum(np.sqrt(np.clip(middle, 0.0, None))))
 
 
-def fpd(reference: np.ndarray, generated: np.ndarray, *, n_points: int = 8, repeats: int = 3, seed: int = 0) -> tuple[float, float]:
+def fpd(reference: ArrayLike, generated: ArrayLike, *, n_points: int = 8, repeats: int = 3, seed: int = 0) -> tuple[float, float]:
     """Fréchet physics distance (arXiv:2211.10295): the Fréchet distance of the standardised
     features, extrapolated to infinite sample size by a straight-line fit in 1/N over subsamples
-    of N = n_max/4 ... n_max. Returns (FPD, its standard error from the fit); 0 is ideal.
+    of N = n_max/4 ... n_max.
 
     Arguments:
-        reference, generated: feature matrices (N, d).
+        reference, generated: feature matrices (N, d); the reference's mean and spread
+            standardise both.
+        n_points: subsample sizes in the fit.
+        repeats: subsamples drawn at each size (their distances are averaged).
+        seed: seed of the subsampling.
+
+    Returns:
+        (FPD, its standard error from the fit); 0 is ideal.
+
+    Raises:
+        ValueError if a sample has fewer than 100 rows.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> value, error = fpd(rng.normal(size=(2000, 3)), rng.normal(size=(2000, 3)))
+        >>> abs(value) < 0.01
+        True
+
+    References:
+        R. Kansal et al., arXiv:2211.10295.
     """
     x, y = _standardise(np.asarray(reference, float), np.asarray(generated, float))
     n_max = min(len(x), len(y))
@@ -109,14 +146,39 @@ def fpd(reference: np.ndarray, generated: np.ndarray, *, n_points: int = 8, repe
 
 
 def kpd(
-    reference: np.ndarray, generated: np.ndarray, *, batch_size: int = 1000, n_batches: int = 10, seed: int = 0, degree: int = 3
+    reference: ArrayLike, generated: ArrayLike, *, batch_size: int = 1000, n_batches: int = 10, seed: int = 0, degree: int = 3
 ) -> tuple[float, float]:
     """Kernel physics distance (arXiv:2211.10295): the unbiased squared MMD of the standardised
     features with the polynomial kernel k(a, b) = (a.b / d + 1)^degree, over ``n_batches``
-    batches. Returns (median, half the interquartile range); 0 is ideal, values can be < 0.
+    batches.
 
     ``degree`` 3 is the kernel of the kernel inception distance; jetnet's ``kpd`` uses 4 (with
-    batches drawn with replacement), and on the same batch ``degree=4`` reproduces its value."""
+    batches drawn with replacement), and on the same batch ``degree=4`` reproduces its value.
+
+    Arguments:
+        reference, generated: feature matrices (N, d); the reference's mean and spread
+            standardise both.
+        batch_size: rows per batch (at most the smaller sample), drawn without replacement.
+        n_batches: batches; their spread gives the error.
+        seed: seed of the batches.
+        degree: power of the polynomial kernel.
+
+    Returns:
+        (median, half the interquartile range) over the batches; 0 is ideal, values can be < 0.
+
+    Raises:
+        ValueError if a sample has fewer than 10 rows.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> value, error = kpd(rng.normal(size=(2000, 3)), rng.normal(size=(2000, 3)))
+        >>> abs(value) < 0.01
+        True
+
+    References:
+        R. Kansal et al., arXiv:2211.10295; M. Bińkowski et al., arXiv:1801.01401 (kernel
+        inception distance).
+    """
     x, y = _standardise(np.asarray(reference, float), np.asarray(generated, float))
     n = min(batch_size, len(x), len(y))
     if n < 10:
@@ -135,15 +197,18 @@ def kpd(
     return float(median), float((q3 - q1) / 2)
 
 
-def _knn_radii(x: np.ndarray, k: int) -> np.ndarray:
+def _knn_radii(x: NDArray[np.float64], k: int) -> NDArray[np.float64]:
     """Distance from every row of ``x`` to its k-th nearest neighbour among the other rows."""
-    from sklearn.neighbors import NearestNeighbors
+    from sklearn.neighbors import NearestNeighbors  # untyped: its results are Any to mypy
 
     distances, _ = NearestNeighbors(n_neighbors=k + 1).fit(x).kneighbors(x)
-    return distances[:, k]  # column 0 is the point itself
+    radii: NDArray[np.float64] = distances[:, k]  # column 0 is the point itself
+    return radii
 
 
-def _within_radii(points: np.ndarray, centres: np.ndarray, radii: np.ndarray, *, chunk: int = 1000) -> np.ndarray:
+def _within_radii(
+    points: NDArray[np.float64], centres: NDArray[np.float64], radii: NDArray[np.float64], *, chunk: int = 1000
+) -> NDArray[np.int64]:
     """For each row of ``points``, how many ``centres`` c have |point - c| <= radius(c); memory O(chunk x len(centres))."""
     counts = np.empty(len(points), dtype=np.int64)
     centre_norms = np.einsum("ij,ij->i", centres, centres)
@@ -156,7 +221,7 @@ def _within_radii(points: np.ndarray, centres: np.ndarray, radii: np.ndarray, *,
 
 
 def diversity(
-    reference: np.ndarray, generated: np.ndarray, *, k: int = 5, max_samples: int | None = 10_000, seed: int = 0
+    reference: ArrayLike, generated: ArrayLike, *, k: int = 5, max_samples: int | None = 10_000, seed: int = 0
 ) -> dict[str, float]:
     """Precision, recall, density and coverage of ``generated`` with respect to ``reference``.
 

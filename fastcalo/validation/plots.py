@@ -7,17 +7,20 @@ matplotlib Figure; nothing here computes an observable.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import hist
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+# mplhep ships no type information: to mypy its functions are Any
 import mplhep  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter  # noqa: E402
+from numpy.typing import NDArray  # noqa: E402
 
 from .observables import ResponsePoint  # noqa: E402
 
@@ -32,9 +35,26 @@ def _style() -> None:
     plt.rcParams.update({"font.size": 14, "figure.dpi": 100, "savefig.dpi": 100})
 
 
-def draw_overlay(histograms: Sequence[hist.Hist], labels: Sequence[str], *, log_y: bool = False) -> Figure:
+def draw_overlay(
+    histograms: Sequence[hist.Hist[hist.storage.Weight]], labels: Sequence[str], *, log_y: bool = False
+) -> Figure:
     """Unit-normalised overlay of 1D histograms with their statistical errors, and the ratio to
-    the first one (with its error band) in a lower panel when there are several."""
+    the first one (with its error band) in a lower panel when there are several.
+
+    Arguments:
+        histograms: 1D histograms on the same axis, with weight storage (as
+            :mod:`fastcalo.validation.observables` fills them); the first is the reference.
+        labels: one per histogram, for the legend.
+        log_y: a logarithmic vertical axis.
+
+    Example:
+        >>> import hist
+        >>> h = hist.Hist(hist.axis.Regular(10, 0, 1, label="x"), storage=hist.storage.Weight()).fill([0.2, 0.5])
+        >>> fig = draw_overlay([h, h], ["a", "b"])
+        >>> len(fig.axes)  # the overlay and the ratio panel
+        2
+        >>> plt.close(fig)
+    """
     _style()
     ratio_panel = len(histograms) > 1
     fig, axes = plt.subplots(
@@ -81,8 +101,16 @@ def draw_overlay(histograms: Sequence[hist.Hist], labels: Sequence[str], *, log_
     return fig
 
 
-def draw_mean_image(images: Sequence[np.ndarray], labels: Sequence[str], edges: np.ndarray) -> Figure:
-    """Mean images (log colour scale, GeV) side by side, and their ratio to the first."""
+def draw_mean_image(
+    images: Sequence[NDArray[np.floating[Any]]], labels: Sequence[str], edges: NDArray[np.float64]
+) -> Figure:
+    """Mean images (log colour scale, GeV) side by side, and their ratio to the first.
+
+    Arguments:
+        images: (n, n) mean cell energies in GeV, one per dataset; the first is the reference.
+        labels: one per image.
+        edges: (n + 1,) cell edges in mm, the same in x and y (:attr:`fastcalo.detector.Detector.cell_edges`).
+    """
     _style()
     n = len(images) + (1 if len(images) > 1 else 0)
     fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 5), squeeze=False)
@@ -109,7 +137,13 @@ def draw_mean_image(images: Sequence[np.ndarray], labels: Sequence[str], edges: 
 def draw_response(tables: Sequence[Sequence[ResponsePoint]], labels: Sequence[str]) -> Figure:
     """Mean response and resolution against incident energy, one series per dataset: the
     resolution as sigma / mu (filled) and as the core resolution, half the central 68 % over the
-    median (open, slightly to the right), which leakage tails do not dominate."""
+    median (open, slightly to the right), which leakage tails do not dominate.
+
+    Arguments:
+        tables: one row per energy point (:func:`fastcalo.validation.observables.response_table`)
+            for each dataset.
+        labels: one per dataset.
+    """
     _style()
     fig, (top, low) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
     for rows, label, colour in zip(tables, labels, _COLOURS):

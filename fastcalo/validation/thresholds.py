@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
 
 __all__ = ("Check", "Thresholds")
 
@@ -78,8 +78,13 @@ class Thresholds:
             raise ValueError(msg)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], *, source: str = "thresholds") -> Thresholds:
-        """Defaults overridden by ``values``; unknown keys raise ValueError listing the valid ones."""
+    def from_dict(cls, values: Mapping[str, float], *, source: str = "thresholds") -> Thresholds:
+        """Defaults overridden by ``values`` (checked at run time too: they may come from a file).
+
+        Raises:
+            ValueError naming ``source``: for unknown keys (listing the valid ones and near misses)
+            and values that are not finite numbers.
+        """
         import difflib
 
         valid = [f.name for f in fields(cls)]
@@ -98,12 +103,24 @@ class Thresholds:
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str]) -> Thresholds:
-        """Defaults overridden by the top-level keys of a TOML file, e.g. ``auc_low_max = 0.55``."""
-        try:
+        """Defaults overridden by the top-level keys of a TOML file, e.g. ``auc_low_max = 0.55``.
+
+        Raises:
+            FileNotFoundError; ValueError naming the file for invalid TOML and what
+            :meth:`from_dict` refuses; ImportError on Python < 3.11 without ``tomli``.
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> path = pathlib.Path(tempfile.mkdtemp()) / "thresholds.toml"
+            >>> _ = path.write_text("auc_low_max = 0.55")
+            >>> Thresholds.from_toml(path).auc_low_max
+            0.55
+        """
+        if sys.version_info >= (3, 11):
             import tomllib
-        except ModuleNotFoundError:  # Python < 3.11
+        else:
             try:
-                import tomli as tomllib  # type: ignore[no-redef]
+                import tomli as tomllib
             except ModuleNotFoundError:
                 msg = "reading a thresholds TOML file on Python < 3.11 needs the 'tomli' package (pip install tomli)"
                 raise ImportError(msg) from None
@@ -121,6 +138,7 @@ class Thresholds:
         return cls.from_dict(values, source=str(path))
 
     def to_dict(self) -> dict[str, float]:
+        """Every threshold by name (JSON-ready)."""
         return asdict(self)
 
 
@@ -140,6 +158,12 @@ class Check:
 
     @property
     def passed(self) -> bool:
+        """Whether the value is within its bound(s), with the slack; a value that is not finite fails.
+
+        Example:
+            >>> Check("auc", "AUC", 0.63, high=0.6, error=0.02, n_sigma=2.0).passed
+            True
+        """
         if not math.isfinite(self.value):
             return False
         slack = self.n_sigma * self.error if self.error is not None and math.isfinite(self.error) else 0.0
@@ -153,6 +177,7 @@ class Check:
         return f"≥ {self.low:g}" if self.low is not None else f"≤ {self.high:g}"
 
     def to_dict(self) -> dict[str, object]:
+        """The fields and ``passed`` (JSON-ready)."""
         out = asdict(self)
         out["passed"] = self.passed
         return out
