@@ -219,8 +219,6 @@ def file_kind(path: str | os.PathLike[str]) -> Literal["root", "hdf5"]:
     raise ValueError(msg)
 
 
-# The old private name, until fastcalo/simulator.py calls file_kind: then delete this line.
-_kind = file_kind
 
 
 def _metadata(kind: str, detector: Detector, extra: Mapping[str, object] | None) -> dict[str, object]:

@@ -258,7 +258,7 @@ class Simulator:
             msg = f"step_size must be > 0, got {step_size}"
             raise ValueError(msg)
         name = collection or "particles"
-        if copy_branches and datasets._kind(Path(output)) != "root":
+        if copy_branches and datasets.file_kind(output) != "root":
             msg = f"{output}: copying input branches needs ROOT output (.root), not HDF5"
             raise ValueError(msg)
         source = open_tree(input, tree)
