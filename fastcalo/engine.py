@@ -176,16 +176,16 @@ class Particles:
             raise ValueError(msg)
         size = sizes.pop() if sizes else 1
 
-        def column(value: npt.ArrayLike, dtype: type[np.generic]) -> npt.NDArray[np.generic]:
-            return np.broadcast_to(np.asarray(value, dtype=dtype), (size,)).copy()
+        def floats(value: npt.ArrayLike) -> FloatArray:
+            return np.broadcast_to(np.asarray(value, dtype=np.float64), (size,)).copy()
 
         return cls(
-            energy=column(energy, np.float64),
-            eta=column(eta, np.float64),
-            phi=column(phi, np.float64),
-            pdgid=column(pdgid, np.int32),
-            impact_x=None if impact_x is None else column(impact_x, np.float64),
-            impact_y=None if impact_y is None else column(impact_y, np.float64),
+            energy=floats(energy),
+            eta=floats(eta),
+            phi=floats(phi),
+            pdgid=np.broadcast_to(np.asarray(pdgid, dtype=np.int32), (size,)).copy(),
+            impact_x=None if impact_x is None else floats(impact_x),
+            impact_y=None if impact_y is None else floats(impact_y),
         )
 
     @classmethod
@@ -201,16 +201,16 @@ class Particles:
 
         fields = set(ak.fields(flat))
 
-        def get(name: str, dtype: type[np.generic]) -> npt.NDArray[np.generic]:
-            return np.asarray(ak.to_numpy(flat[name]), dtype=dtype)
+        def floats(name: str) -> FloatArray:
+            return np.asarray(ak.to_numpy(flat[name]), dtype=np.float64)
 
         return cls(
-            energy=get("energy", np.float64),
-            eta=get("eta", np.float64),
-            phi=get("phi", np.float64),
-            pdgid=get("pdgid", np.int32),
-            impact_x=get("impact_x", np.float64) if "impact_x" in fields else None,
-            impact_y=get("impact_y", np.float64) if "impact_y" in fields else None,
+            energy=floats("energy"),
+            eta=floats("eta"),
+            phi=floats("phi"),
+            pdgid=np.asarray(ak.to_numpy(flat["pdgid"]), dtype=np.int32),
+            impact_x=floats("impact_x") if "impact_x" in fields else None,
+            impact_y=floats("impact_y") if "impact_y" in fields else None,
         )
 
     def __len__(self) -> int:

@@ -205,7 +205,7 @@ class Preprocessing:
         compare as :meth:`zero_suppress` does. NaN cells are zeroed, as there."""
         if cells.dtype == torch.float32:
             below = float(np.nextafter(np.float32(self.threshold), np.float32(-np.inf)))
-            nn.functional.threshold_(cells, below, 0.0)
+            torch.threshold_(cells, below, 0.0)
             if cells.isnan().any():  # threshold_ lets NaN through (x <= t is false for NaN)
                 cells.nan_to_num_(0.0, 0.0, 0.0)
             return cells
@@ -266,6 +266,15 @@ class Conditions:
         return torch.cat(columns, dim=1).to(torch.float32)
 
 
+def _last_linear(net: nn.Sequential) -> nn.Linear:
+    """The output layer of an :func:`_mlp`."""
+    last = net[-1]
+    if not isinstance(last, nn.Linear):
+        msg = f"expected a network ending in a Linear layer, found {type(last).__name__}"
+        raise TypeError(msg)
+    return last
+
+
 def _mlp(sizes: list[int], slope: float) -> nn.Sequential:
     layers: list[nn.Module] = []
     for k in range(len(sizes) - 1):
@@ -286,6 +295,8 @@ class EnergyModel(nn.Module):
     outer slopes.
     """
 
+    levels: torch.Tensor  # (n_quantiles,) the quantile levels, a buffer
+
     def __init__(self, config: ModelConfig, n_conditions: int) -> None:
         super().__init__()
         self.n = config.n_quantiles
@@ -302,7 +313,7 @@ class EnergyModel(nn.Module):
         """Set the output layer so that the quantiles start as those of ``r_code`` (all conditions
         pooled); training then learns how they move with the conditions."""
         q = torch.quantile(r_code.float(), self.levels.to(r_code.device)).cpu()
-        last: nn.Linear = self.net[-1]  # type: ignore[assignment]
+        last = _last_linear(self.net)
         last.weight.mul_(0.1)
         last.bias[0] = q.mean()
         last.bias[1] = torch.log(q.std().clamp_min(1e-6))
@@ -367,13 +378,14 @@ class EnergyGenerator(nn.Module):
         super().__init__()
         self.net = _mlp([n_conditions + 1, *config.energy_hidden, 1], config.negative_slope)
         with torch.no_grad():
-            self.net[-1].weight.mul_(0.1)
-            self.net[-1].bias.zero_()
+            _last_linear(self.net).weight.mul_(0.1)
+            _last_linear(self.net).bias.zero_()
 
     def sample(self, c: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Standardised r at uniform variates ``u`` (N,) in (0, 1)."""
         g = math.sqrt(2.0) * torch.erfinv(2.0 * u.clamp(1e-7, 1 - 1e-7) - 1.0)
-        return g + self.net(torch.cat([c, g[:, None]], dim=1))[:, 0]
+        shift: torch.Tensor = self.net(torch.cat([c, g[:, None]], dim=1))
+        return g + shift[:, 0]
 
 
 class Generator(nn.Module):
@@ -408,7 +420,8 @@ class Generator(nn.Module):
             )
 
     def forward(self, z: torch.Tensor, c: torch.Tensor, r_code: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([z, c, r_code[:, None]], dim=1))
+        logits: torch.Tensor = self.net(torch.cat([z, c, r_code[:, None]], dim=1))
+        return logits
 
 
 class Critic(nn.Module):
@@ -416,6 +429,7 @@ class Critic(nn.Module):
 
     #: number of shower features added to the critic's inputs with ``config.critic_features``
     N_FEATURES = 5
+    coords: torch.Tensor  # (n_cells,) cell centres in cell units (a buffer, with critic_features)
 
     def __init__(self, config: ModelConfig, n_conditions: int, n_cells: int, preprocessing: Preprocessing | None = None) -> None:
         super().__init__()
@@ -460,7 +474,8 @@ class Critic(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, r_code: torch.Tensor) -> torch.Tensor:
         extra = [c, r_code[:, None]] + ([self.shower_features(x)] if self.with_features else [])
-        return self.head(torch.cat([self.body(x), *extra], dim=1))[:, 0]
+        score: torch.Tensor = self.head(torch.cat([self.body(x), *extra], dim=1))
+        return score[:, 0]
 
 
 class ShowerModel(nn.Module):
@@ -483,6 +498,8 @@ class ShowerModel(nn.Module):
         self.config = config
         self.detector = detector
         self.preprocessing = preprocessing or Preprocessing.for_detector(detector)
+        #: model.json's contents for a loaded model (training config, version...); {} otherwise
+        self.metadata: dict[str, Any] = {}
         self.conditions = Conditions(detector)
         n_c = self.conditions.width
         self.energy: EnergyModel | EnergyGenerator = EnergyModel(config, n_c) if config.energy == "model" else EnergyGenerator(config, n_c)
@@ -513,17 +530,16 @@ class ShowerModel(nn.Module):
         if self.config.cell_noise and noise is None:
             msg = "this model adds cell noise (config.cell_noise): pass noise, standard normals of shape (N, n_cells)"
             raise ValueError(msg)
-        if noise is not None:
-            noise = noise.float()
+        noise = None if noise is None else noise.float()
         if not soft and not torch.is_grad_enabled():  # generation: the same steps, in place (fewer passes over memory)
-            if self.config.cell_noise:
+            if noise is not None and self.config.cell_noise:
                 deposit.add_(noise * self.detector.response.noise)  # rounded as the training path rounds it
             self.preprocessing.zero_suppress_(deposit)  # negatives too: the threshold is positive
             deposit.mul_(total / deposit.sum(dim=1, keepdim=True).clamp_min(1e-12))
             if self.config.cell_noise:
                 self.preprocessing.zero_suppress_(deposit)
             return deposit
-        if self.config.cell_noise:
+        if noise is not None and self.config.cell_noise:
             deposit = (deposit + self.detector.response.noise * noise).clamp_min(0.0)
         kept = self.preprocessing.zero_suppress(deposit, soft=soft)
         scaled = kept * (total / kept.sum(dim=1, keepdim=True).clamp_min(1e-12))
@@ -690,5 +706,5 @@ def load(directory: str | os.PathLike[str], *, detector: Detector | None = None)
         raise ModelFileError(msg)
     model.load_state_dict(state)
     model.eval()
-    model.metadata = meta  # type: ignore[assignment]
+    model.metadata = meta
     return model

@@ -409,7 +409,7 @@ def _model_bytes(model: ShowerModel) -> bytes:
     from .model import save
 
     with tempfile.TemporaryDirectory() as tmp:
-        directory = save(model, Path(tmp) / "model", training=getattr(model, "metadata", {}).get("training"))
+        directory = save(model, Path(tmp) / "model", training=model.metadata.get("training"))
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w") as zf:
             for name in ("model.json", "model.safetensors"):

@@ -15,6 +15,7 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 _PROBE = r"""
 import hashlib, json, sys, tempfile, pathlib
@@ -55,7 +56,9 @@ print(json.dumps(out))
 
 
 def probe(checkout: str) -> dict[str, str]:
-    done = subprocess.run([sys.executable, "-c", _PROBE, checkout], capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-c", _PROBE, str(Path(checkout).resolve())], capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"{checkout}: the probe failed:\n{done.stderr}")
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
