@@ -16,7 +16,7 @@ import torch
 
 from .datasets import ShowerData
 from .detector import DEFAULT_DETECTOR, Detector
-from .model import ModelConfig, ShowerModel, _from_dict
+from .model import ModelConfig, ShowerModel, config_from_dict
 
 __all__ = (
     "DataConfig",
@@ -247,7 +247,7 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
     if unknown:
         msg = f"{path}: unknown table(s) or key(s) {unknown}; expected {sorted(_SECTIONS)} and 'data_dir'"
         raise ValueError(msg)
-    built = {name: _from_dict(cls, values.get(name, {}), name) for name, cls in _SECTIONS.items()}
+    built = {name: config_from_dict(cls, values.get(name, {}), name) for name, cls in _SECTIONS.items()}
     return RunConfig(**built, data_dir=str(values.get("data_dir", "data")))
 
 
