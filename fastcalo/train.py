@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -16,7 +15,8 @@ import torch
 
 from .datasets import ShowerData
 from .detector import DEFAULT_DETECTOR, Detector
-from .model import ModelConfig, ShowerModel, config_from_dict
+from .model import ShowerModel
+from .runconfig import DataConfig, MonitorConfig, RunConfig, TrainConfig, dataset_path, ensure_dataset, load_config, make_dataset
 
 __all__ = (
     "DataConfig",
@@ -24,6 +24,7 @@ __all__ = (
     "RunConfig",
     "TrainConfig",
     "cosine_lr",
+    "dataset_path",
     "evaluate",
     "gradient_penalty",
     "load_config",
@@ -31,246 +32,6 @@ __all__ = (
     "summed_energy_mmd",
     "train",
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """Reference-MC showers to train on, generated from a fixed seed (so a run is reproducible).
-
-    Arguments:
-        particles: particle names; ``n_per_particle`` showers of each.
-        n_per_particle: showers per particle type.
-        energy: (low, high) incident energy range in GeV.
-        eta: (low, high) pseudorapidity range.
-        log_uniform: draw energies uniformly in log(E).
-        seed: seeds the conditions (``seed + k`` for the k-th particle) and the MC (``seed``).
-    """
-
-    particles: tuple[str, ...] = ("photon", "electron", "positron")
-    n_per_particle: int = 60_000
-    energy: tuple[float, float] = (1.0, 100.0)
-    eta: tuple[float, float] = (-1.5, 1.5)
-    log_uniform: bool = True
-    seed: int = 1
-
-    def conditions(self, detector: Detector = DEFAULT_DETECTOR) -> dict[str, np.ndarray]:
-        """The condition columns of every shower, particle by particle (not shuffled)."""
-        from .mc import sample_conditions
-
-        parts = [
-            sample_conditions(
-                self.n_per_particle,
-                energy=self.energy,
-                eta=self.eta,
-                particle=particle,
-                log_uniform=self.log_uniform,
-                seed=self.seed + k,
-                detector=detector,
-            )
-            for k, particle in enumerate(self.particles)
-        ]
-        return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-
-
-def make_dataset(
-    spec: DataConfig | MonitorConfig,
-    path: str | os.PathLike[str],
-    *,
-    detector: Detector = DEFAULT_DETECTOR,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> int:
-    """Simulate the showers of ``spec`` with the reference MC into ``path`` (atomically).
-
-    The file's metadata records ``spec`` under ``"training_data"`` so that a later run can tell
-    whether a cached file is the one its config asks for. Returns the number of showers.
-    """
-    from .mc import simulate_to_file
-
-    return simulate_to_file(
-        spec.conditions(detector),
-        Path(path),
-        seed=spec.seed,
-        overwrite=overwrite,
-        detector=detector,
-        progress=progress,
-        metadata={"training_data": json.loads(json.dumps(dataclasses.asdict(spec)))},
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class MonitorConfig:
-    """Held-out reference-MC showers the run is evaluated on (never trained on).
-
-    Arguments:
-        points: incident energies in GeV; ``n_per_point`` showers of each particle at each.
-        particles: particle names.
-        n_per_point: showers per energy point and particle.
-        eta: (low, high) pseudorapidity range.
-        seed: seeds conditions and MC; must differ from the training data's.
-    """
-
-    points: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
-    particles: tuple[str, ...] = ("photon",)
-    n_per_point: int = 1000
-    eta: tuple[float, float] = (-1.5, 1.5)
-    seed: int = 1000
-
-    def conditions(self, detector: Detector = DEFAULT_DETECTOR) -> dict[str, np.ndarray]:
-        from .mc import sample_conditions
-
-        parts = [
-            sample_conditions(self.n_per_point, points=self.points, eta=self.eta, particle=p, seed=self.seed + k, detector=detector)
-            for k, p in enumerate(self.particles)
-        ]
-        return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """The optimisation (defaults: WGAN-GP as in Gulrajani et al., arXiv:1704.00028, Algorithm 1:
-    lambda = 10, n_critic = 5, Adam lr 1e-4, betas (0, 0.9)).
-
-    Arguments:
-        loss: ``"wgan-gp"`` or ``"bce"`` (the original GAN loss, a baseline to compare against).
-        steps: generator steps.
-        batch_size: showers per critic and generator step.
-        n_critic: critic steps per generator step.
-        gp_lambda: gradient-penalty weight (``wgan-gp``).
-        lr, betas: Adam settings of generator and critic.
-        label_smoothing: one-sided: real labels are ``1 - label_smoothing`` (``bce``; Salimans et
-            al., arXiv:1606.03498).
-        energy_steps, energy_lr, energy_batch: pre-training of the energy model (pinball loss,
-            Adam with the learning rate decayed from ``energy_lr`` to 0 on a cosine); unused with
-            ``model.energy = "loss"``, where the energy network trains with the generator (at
-            ``energy_lr``, constant).
-        energy_loss_weight: weight of the summed-energy loss (:func:`summed_energy_mmd`) in the
-            generator's loss, with ``model.energy = "loss"``.
-        ema_decay: if > 0, keep an exponential moving average of the generator's weights (Polyak
-            averaging; Yazici et al., arXiv:1806.04498, use 0.999-0.9999), updated after every
-            generator step from step ``ema_start`` on; evaluations, ``best/`` and ``final/`` then
-            use the averaged weights (training goes on with the raw ones), and ``best/`` is the
-            averaged evaluation with the lowest score. It damps the step-to-step oscillation of
-            the shower quality that the monitor shows.
-        ema_start: the generator step after which the average starts.
-        eval_every: generator steps between evaluations on the monitor set (and checkpoints).
-        seed: seeds parameters, batches and noise.
-        threads: torch CPU threads (0: all cores).
-        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
-    """
-
-    loss: str = "wgan-gp"
-    steps: int = 20_000
-    batch_size: int = 256
-    n_critic: int = 5
-    gp_lambda: float = 10.0
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.0, 0.9)
-    label_smoothing: float = 0.1
-    energy_steps: int = 3000
-    energy_lr: float = 1e-3
-    energy_batch: int = 1024
-    energy_loss_weight: float = 10.0
-    ema_decay: float = 0.0
-    ema_start: int = 0
-    eval_every: int = 1000
-    seed: int = 0
-    threads: int = 0
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.loss not in ("wgan-gp", "bce"):
-            msg = f"train.loss must be 'wgan-gp' or 'bce', got {self.loss!r}"
-            raise ValueError(msg)
-        for name in ("steps", "batch_size", "n_critic", "eval_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                msg = f"train.{name} must be a positive integer, got {value!r}"
-                raise ValueError(msg)
-        object.__setattr__(self, "betas", tuple(self.betas))
-        if not 0.0 <= self.ema_decay < 1.0 or not isinstance(self.ema_start, int) or self.ema_start < 0:
-            msg = f"train.ema_decay must be in [0, 1) and train.ema_start an integer >= 0, got {self.ema_decay!r} and {self.ema_start!r}"
-            raise ValueError(msg)
-        if self.ema_decay > 0 and self.ema_start >= self.steps:
-            msg = f"train.ema_start ({self.ema_start}) must be below train.steps ({self.steps}): the average would never start"
-            raise ValueError(msg)
-
-
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-    """Everything a training run needs, as loaded from its TOML file (see :func:`load_config`).
-
-    ``data_dir`` (relative to the working directory) caches the generated MC files.
-    """
-
-    data: DataConfig = DataConfig()
-    monitor: MonitorConfig = MonitorConfig()
-    model: ModelConfig = ModelConfig()
-    train: TrainConfig = TrainConfig()
-    data_dir: str = "data"
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-
-_SECTIONS = {"data": DataConfig, "monitor": MonitorConfig, "model": ModelConfig, "train": TrainConfig}
-
-
-def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> RunConfig:
-    """Read a TOML run config into a frozen :class:`RunConfig` (defaults for what it leaves out).
-
-    Tables ``[data]``, ``[monitor]``, ``[model]``, ``[train]`` and the top-level key ``data_dir``;
-    unknown tables or keys raise ``ValueError`` listing the valid ones. ``overrides`` are
-    ``section={key: value}`` dicts applied on top.
-
-    Example:
-        >>> cfg = load_config(None, train={"steps": 10})
-        >>> cfg.train.steps, cfg.train.gp_lambda, cfg.model.kind
-        (10, 10.0, 'mlp')
-    """
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python < 3.11: the tomli backport (a dependency there)
-        import tomli as tomllib  # type: ignore[no-redef]
-
-    values: dict[str, Any] = {}
-    if path is not None:
-        with Path(path).open("rb") as f:
-            try:
-                values = tomllib.load(f)
-            except tomllib.TOMLDecodeError as err:
-                msg = f"{path}: not valid TOML ({err})"
-                raise ValueError(msg) from err
-    for section, extra in overrides.items():
-        values.setdefault(section, {}).update(extra)
-    unknown = sorted(set(values) - set(_SECTIONS) - {"data_dir"})
-    if unknown:
-        msg = f"{path}: unknown table(s) or key(s) {unknown}; expected {sorted(_SECTIONS)} and 'data_dir'"
-        raise ValueError(msg)
-    built = {name: config_from_dict(cls, values.get(name, {}), name) for name, cls in _SECTIONS.items()}
-    return RunConfig(**built, data_dir=str(values.get("data_dir", "data")))
-
-
-def dataset_path(spec: DataConfig | MonitorConfig, data_dir: str | os.PathLike[str]) -> Path:
-    """Where the showers of ``spec`` are cached: ``<data_dir>/<kind>-<hash of spec>.h5``."""
-    kind = "train" if isinstance(spec, DataConfig) else "monitor"
-    text = json.dumps(dataclasses.asdict(spec), sort_keys=True)
-    return Path(data_dir) / f"{kind}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.h5"
-
-
-def _ensure_dataset(spec: DataConfig | MonitorConfig, data_dir: str, detector: Detector, progress: bool) -> Path:
-    from .datasets import metadata
-
-    path = dataset_path(spec, data_dir)
-    if path.is_file():
-        stored = metadata(path).get("training_data")
-        if stored != json.loads(json.dumps(dataclasses.asdict(spec))):
-            msg = f"{path} holds showers for {stored}, not for {dataclasses.asdict(spec)}; remove it to regenerate"
-            raise ValueError(msg)
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    make_dataset(spec, path, detector=detector, progress=progress)
-    return path
 
 
 @dataclasses.dataclass
@@ -663,12 +424,12 @@ def train(
         (run_dir / "grids").mkdir(exist_ok=True)
         config_path.write_text(json.dumps(wanted, indent=2) + "\n")
         for spec in (config.data, config.monitor):
-            _ensure_dataset(spec, config.data_dir, detector, progress)
+            ensure_dataset(spec, config.data_dir, detector=detector, progress=progress)
     _barrier(world)
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    train_data = datasets.read(_ensure_dataset(config.data, config.data_dir, detector, progress), detector=detector)
-    monitor_data = datasets.read(_ensure_dataset(config.monitor, config.data_dir, detector, progress), detector=detector)
+    train_data = datasets.read(ensure_dataset(config.data, config.data_dir, detector=detector, progress=progress), detector=detector)
+    monitor_data = datasets.read(ensure_dataset(config.monitor, config.data_dir, detector=detector, progress=progress), detector=detector)
     progress = progress and lead
 
     r = train_data.images.sum(axis=(1, 2), dtype=np.float64) / train_data.energy
