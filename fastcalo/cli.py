@@ -99,11 +99,12 @@ def _mc(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from . import train
     from .model import load, save
+    from .runconfig import load_config
+    from .train import train
 
     overrides = {"train": {"steps": args.steps}} if args.steps is not None else {}
-    config = train.load_config(args.config, **overrides)
+    config = load_config(args.config, **overrides)
     if args.export is not None and args.export.exists() and not args.overwrite:
         msg = f"{args.export} already exists (pass --overwrite to replace it)"
         raise FileExistsError(msg)
@@ -112,7 +113,7 @@ def _train(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     run_dir = args.run_dir or Path("runs") / args.config.stem
-    best = train.train(config, run_dir, resume=not args.fresh_only, progress=not args.no_progress)
+    best = train(config, run_dir, resume=not args.fresh_only, progress=not args.no_progress)
     log.info("kept model (lowest monitor score): %s", best)
     if args.export is not None:
         config_text = args.config.read_bytes()  # read first: --export may be the config's own directory
@@ -312,7 +313,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train",
         help="train a model (WGAN-GP) on reference-MC showers that its config generates",
-        description="Train a model as a TOML config says (see docs/training.md); the run directory "
+        description="Train a model as a TOML config says (see docs/model.md, section Training); the run directory "
         "holds the config, metrics.jsonl, plots, shower grids, a resumable checkpoint, best/ and final/. "
         "Running again on the same directory resumes.",
         epilog="example: fastcalo train --config fastcalo/models/default/train.toml --run-dir runs/default",

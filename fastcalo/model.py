@@ -38,8 +38,9 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -59,12 +60,18 @@ __all__ = (
     "ModelFileError",
     "Preprocessing",
     "ShowerModel",
+    "config_from_dict",
     "load",
     "save",
 )
 
 #: The shipped default model's directory (model.safetensors, model.json and its train.toml).
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default"
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+_Config = TypeVar("_Config", bound="DataclassInstance")
 
 _FORMAT = "fastcalo.model"
 _FORMAT_VERSION = 1
@@ -141,10 +148,33 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
         """Build from a dict (a TOML table or model.json), rejecting unknown keys."""
-        return _from_dict(cls, values, "model")
+        return config_from_dict(cls, values, "model")
 
 
-def _from_dict(cls: Any, values: dict[str, Any], where: str) -> Any:
+def config_from_dict(cls: type[_Config], values: Mapping[str, Any], where: str) -> _Config:
+    """Build the config dataclass ``cls`` from a dict (a TOML table, or a table of model.json),
+    lists turned into tuples.
+
+    Arguments:
+        cls: a dataclass (``ModelConfig``, ``Preprocessing``, the run config's tables).
+        values: its fields by name; those left out take their defaults.
+        where: the table's name, for the error message.
+
+    Returns:
+        ``cls(**values)``.
+
+    Raises:
+        ValueError naming the unknown keys and the valid ones (and whatever ``cls`` raises for a
+        bad value).
+
+    Example:
+        >>> config_from_dict(ModelConfig, {"latent_dim": 8, "generator_hidden": [16]}, "model").generator_hidden
+        (16,)
+        >>> config_from_dict(ModelConfig, {"latentdim": 8}, "model")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown key(s) ['latentdim'] in [model]; valid keys are [...]
+    """
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
@@ -686,7 +716,7 @@ def load(directory: str | os.PathLike[str], *, detector: Detector | None = None)
     try:
         stored_detector = Detector.from_dict(meta["detector"])
         config = ModelConfig.from_dict(meta["config"])
-        preprocessing = _from_dict(Preprocessing, meta["preprocessing"], "preprocessing")
+        preprocessing = config_from_dict(Preprocessing, meta["preprocessing"], "preprocessing")
     except (TypeError, ValueError, KeyError) as err:
         msg = f"{meta_path}: cannot rebuild the model ({err})"
         raise ModelFileError(msg) from err

@@ -93,6 +93,16 @@ def test_load_config_rejects_what_it_does_not_know(tmp_path: Path) -> None:
         load_config(None, train={"loss": "mse"})
 
 
+def test_the_run_config_is_importable_from_train_and_takes_data_dir(tmp_path: Path) -> None:
+    from fastcalo import runconfig
+    from fastcalo import train as train_module
+
+    for name in ("DataConfig", "MonitorConfig", "RunConfig", "TrainConfig", "dataset_path", "load_config", "make_dataset"):
+        assert getattr(train_module, name) is getattr(runconfig, name) and name in train_module.__all__
+    config = load_config(None, data={"n_per_particle": 10}, data_dir=str(tmp_path))
+    assert config.data_dir == str(tmp_path) and config.data.n_per_particle == 10
+
+
 def test_tiny_run_improves_the_monitor_and_shows_its_health(tmp_path: Path, data_dir: Path) -> None:
     run = tmp_path / "run"
     best = train(load_config(tiny_config(tmp_path, data_dir)), run, progress=False)

@@ -195,7 +195,7 @@ def response_table(data: ShowerData, groups: list[tuple[float, float]] | None = 
         if n < 2:
             continue
         mean, std = float(selected.mean()), float(selected.std(ddof=1))
-        resolution = std / mean
+        resolution = std / mean if mean > 0 else float("nan")  # every shower empty: no resolution
         q16, median, q84 = np.quantile(selected, [0.158655, 0.5, 0.841345])
         core = float((q84 - q16) / 2 / median) if median > 0 else float("nan")
         rows.append(

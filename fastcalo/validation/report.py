@@ -27,7 +27,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -42,12 +42,13 @@ from .classifier import ClassifierResult, classifier_auc
 from .metrics import diversity, fpd, kpd, separation_power, wasserstein_1
 from .thresholds import Check, Thresholds
 
-__all__ = ("EnergyPointMetrics", "Report", "compare")
+__all__ = ("EnergyPointMetrics", "Report", "compare", "per_energy")
 
 
 @dataclass(frozen=True)
 class EnergyPointMetrics:
-    """Separation power and Wasserstein-1 distance of every feature in one energy point or bin."""
+    """Separation power and Wasserstein-1 distance of every feature in one energy point or bin
+    (:func:`per_energy`); NaN where a sample has no finite value of the feature there."""
 
     energy_low: float
     energy_high: float
@@ -335,17 +336,56 @@ def _matched_response(
     return [(r, by_group[(r.energy_low, r.energy_high)]) for r in reference if (r.energy_low, r.energy_high) in by_group]
 
 
-def _per_energy(
-    feats: list[dict[str, np.ndarray]], energies: list[np.ndarray], groups: list[tuple[float, float]], progress: bool
+def per_energy(
+    reference: Mapping[str, np.ndarray],
+    generated: Mapping[str, np.ndarray],
+    reference_energy: np.ndarray,
+    generated_energy: np.ndarray,
+    groups: Sequence[tuple[float, float]] | None = None,
+    *,
+    progress: bool = False,
 ) -> list[EnergyPointMetrics]:
+    """Separation power and Wasserstein-1 distance of every feature, energy point by energy point:
+    the one per-energy comparison, of the validation report and of the training monitor.
+
+    A group of :func:`~fastcalo.validation.observables.energy_groups` holds the showers that
+    :func:`~fastcalo.validation.observables.in_group` selects (a point to 1e-9 relative, or a bin
+    [low, high)); groups with fewer than 2 showers in either sample are left out. Histograms are
+    on axes common to the two samples in the group, with the flow bins counted (a value off the
+    axis is a difference, not ignored). A distance that cannot be computed, because a sample has
+    no finite value of the feature in the group (e.g. every shower empty, so its ratios are NaN),
+    is NaN: the report marks it as failing; the training monitor's score counts it as 1, the
+    largest separation power (:func:`fastcalo.monitor.evaluate`).
+
+    Arguments:
+        reference, generated: :func:`~fastcalo.validation.observables.features` of each sample,
+            arrays of shape (N,) and (M,).
+        reference_energy, generated_energy: the incident energies of the showers, GeV, (N,) and (M,).
+        groups: the energy groups (default: ``energy_groups(reference_energy)``).
+        progress: show a progress bar.
+
+    Returns:
+        One :class:`EnergyPointMetrics` per group, in the order of ``groups``.
+
+    Example:
+        >>> import numpy as np
+        >>> energy = np.repeat([2.0, 20.0], 100)
+        >>> ref = {name: np.random.default_rng(1).normal(size=200) for name in obs.FEATURES}
+        >>> gen = {name: ref[name] + np.where(energy > 10, 3.0, 0.0) for name in obs.FEATURES}
+        >>> gen["width_x"] = np.where(energy > 10, np.nan, ref["width_x"])  # no finite value at 20 GeV
+        >>> points = per_energy(ref, gen, energy, energy)
+        >>> [(p.energy, p.n_reference, round(p.separation_power["response"], 2), p.separation_power["width_x"]) for p in points]
+        [('2', 100, 0.0, 0.0), ('20', 100, 0.84, nan)]
+    """
     from tqdm.auto import tqdm
 
+    energies = (reference_energy, generated_energy)
     out = []
-    for low, high in tqdm(groups, desc="per-energy metrics", unit="point", disable=not progress):
+    for low, high in tqdm(groups or obs.energy_groups(reference_energy), desc="per-energy metrics", unit="point", disable=not progress):
         masks = [obs.in_group(e, low, high) for e in energies]
         if min(int(m.sum()) for m in masks) < 2:
             continue
-        subsets = [{name: f[name][m] for name in obs.FEATURES} for f, m in zip(feats, masks)]
+        subsets = [{name: f[name][m] for name in obs.FEATURES} for f, m in zip((reference, generated), masks)]
         hists = obs.feature_histograms(*subsets)
         n_ref, n_gen = int(masks[0].sum()), int(masks[1].sum())
         sp, w1, floor = {}, {}, {}
@@ -469,7 +509,7 @@ def compare(
             spread = float(np.nanstd(feats[0][name]))
             report.wasserstein_scaled[name] = value / spread if spread > 0 else (0.0 if value == 0 else float("inf"))
     with _timed(timings, "per_energy"):
-        report.per_energy = _per_energy(feats, [s.energy for s in samples], groups, progress)
+        report.per_energy = per_energy(feats[0], feats[1], samples[0].energy, samples[1].energy, groups, progress=progress)
     matrices = [np.column_stack([f[name] for name in obs.FEATURES] + [np.log10(s.energy)]) for f, s in zip(feats, samples)]
     with _timed(timings, "fpd_kpd"):
         report.physics_distances = {"fpd": fpd(*matrices), "kpd": kpd(*matrices)}
