@@ -25,21 +25,9 @@ import os
 
 import torch
 
-__all__ = ("Processes", "choose_device", "setup")
+from .engine import choose_device
 
-
-def choose_device(name: str) -> torch.device:
-    """``"auto"``: CUDA if available, else the CPU; other names as torch spells them.
-
-    Raises:
-        ValueError for a CUDA device where none is available.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        msg = f"train.device is {name!r} but no CUDA device is available"
-        raise ValueError(msg)
-    return torch.device(name)
+__all__ = ("Processes", "setup")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +119,7 @@ def setup(device_name: str) -> Processes:
     """Join the process group when launched by ``torchrun`` (gloo on CPUs, NCCL on GPUs).
 
     Arguments:
-        device_name: ``train.device`` (see :func:`choose_device`).
+        device_name: ``train.device`` (see :func:`fastcalo.engine.choose_device`).
 
     Returns:
         This process's :class:`Processes`; rank 0 of 1 without ``torchrun``.

@@ -10,6 +10,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ("main", "validate_main")
 
@@ -118,7 +119,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.export is not None:
         config_text = args.config.read_bytes()  # read first: --export may be the config's own directory
         model = load(best)
-        save(model, args.export, training=model.metadata["training"], overwrite=True)  # type: ignore[attr-defined]
+        save(model, args.export, training=model.metadata["training"], overwrite=True)
         (args.export / "train.toml").write_bytes(config_text)
         log.info("exported %s to %s", best, args.export)
     return 0
@@ -184,7 +185,7 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dask_client(workers: int | None, scheduler: str | None, threads: int) -> object:
+def _dask_client(workers: int | None, scheduler: str | None, threads: int) -> Any:  # a dask.distributed.Client (untyped)
     if workers is None and scheduler is None:
         return None
     try:
@@ -271,6 +272,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tree", default=None, help="input TTree (default: the only one in the file)")
     p.add_argument("--collection", default=None, help="particle collection, e.g. Photon, Electron, GenPart")
+    # the choices below spell out particles.PRESETS, engine.DTYPES and engine.OUT_OF_RANGE, so that
+    # the parser needs neither awkward nor torch (seconds of start-up); a test holds them equal
     p.add_argument("--preset", default="auto", choices=("auto", "nanoaod", "delphes", "flat"), help="input layout (default auto)")
     p.add_argument(
         "--branch", action="append", default=None, metavar="FIELD=BRANCH", help="explicit branch mapping, repeatable"

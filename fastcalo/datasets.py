@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
+from ._names import near_misses
 from .detector import DEFAULT_DETECTOR, PARTICLES, Detector
 
 if TYPE_CHECKING:
@@ -597,9 +598,7 @@ def write(
 
 
 def _suggest(name: str, available: list[str]) -> str:
-    import difflib
-
-    near = difflib.get_close_matches(name, available, n=3)
+    near = near_misses(name, available)
     return f"; did you mean {near}?" if near else ""
 
 

@@ -449,6 +449,19 @@ class Generator(nn.Module):
                 nn.Flatten(),
             )
 
+    @torch.no_grad()
+    def start_from(self, mean_fractions: npt.NDArray[np.floating[Any]]) -> None:
+        """Start from the average shape (MLP generator): the output bias is the log of the mean
+        fraction of the shower in each cell, ``mean_fractions`` (n_cells * n_cells,).
+
+        Raises:
+            ValueError: for the convolutional generator, which has no per-cell output bias.
+        """
+        if self.config.kind != "mlp":
+            msg = f"only the MLP generator starts from the average shape, not {self.config.kind!r}"
+            raise ValueError(msg)
+        _last_linear(self.net).bias.copy_(torch.as_tensor(np.log(mean_fractions + 1e-7), dtype=torch.float32))
+
     def forward(self, z: torch.Tensor, c: torch.Tensor, r_code: torch.Tensor) -> torch.Tensor:
         logits: torch.Tensor = self.net(torch.cat([z, c, r_code[:, None]], dim=1))
         return logits

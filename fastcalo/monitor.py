@@ -1,5 +1,5 @@
-"""The training monitor: held-out MC showers, generated again at every evaluation from the same
-noise, and compared with the validation package's physics metrics.
+"""The training monitor: held-out MC showers, generated again at every evaluation through the one
+sampling path with the same seed, and compared with the validation package's physics metrics.
 
 The monitor never feeds back into training; its score only chooses which evaluation is kept as
 ``best/``.
@@ -12,69 +12,35 @@ import math
 from typing import Any
 
 import numpy as np
-import torch
 
 from .datasets import ShowerData
+from .engine import Engine, Particles
 from .model import ShowerModel
 
-__all__ = ("Monitor", "evaluate", "generate_showers")
-
-
-def generate_showers(
-    model: ShowerModel,
-    c: torch.Tensor,
-    e: torch.Tensor,
-    z: torch.Tensor,
-    u: torch.Tensor,
-    noise: torch.Tensor | None,
-    *,
-    batch: int = 8192,
-) -> np.ndarray:
-    """Showers of ``model`` from given noise, in batches of ``batch``.
-
-    Arguments:
-        model: the model (in the mode the caller chose: ``model.eval()`` for an evaluation).
-        c: encoded conditions, (N, width); e: incident energies, (N,) GeV.
-        z: latent noise, (N, latent_dim); u: the energy model's uniform variates, (N,).
-        noise: the cell noise, (N, cells), or None without ``cell_noise``.
-
-    Returns:
-        (N, cells) float32, GeV.
-    """
-    out = [
-        model.generate(c[s : s + batch], e[s : s + batch], z[s : s + batch], u[s : s + batch], None if noise is None else noise[s : s + batch])
-        for s in range(0, len(c), batch)
-    ]
-    return torch.cat(out).cpu().numpy()
+__all__ = ("Monitor", "evaluate")
 
 
 class Monitor:
-    """The held-out showers a run is evaluated on, and the fixed noise their generated twins come
-    from (so that a change of the score is the model's, not sampling noise).
+    """The held-out showers a run is evaluated on. Their generated twins come from the one
+    sampling path (:class:`fastcalo.engine.Engine`, as ``fastcalo.Simulator`` draws them) with
+    a fixed seed, so every evaluation sees the same random numbers: a change of the score is the
+    model's, not sampling noise.
 
     Arguments:
         data: the held-out MC showers.
-        model: the model being trained (for the condition encoding and the noise shapes).
-        seed: seeds the fixed noise.
-        device: where the noise and the conditions live.
+        seed: the seed of the generated twins.
     """
 
-    def __init__(self, data: ShowerData, model: ShowerModel, *, seed: int, device: torch.device) -> None:
+    def __init__(self, data: ShowerData, *, seed: int) -> None:
         self.data = data
-        encoded = model.conditions.encode(energy=data.energy, eta=data.eta, pdgid=data.pdgid, impact_x=data.impact_x, impact_y=data.impact_y)
-        self.c = encoded.to(device)
-        self.e = torch.as_tensor(data.energy, dtype=torch.float32).to(device)
-        fixed = torch.Generator(device=device).manual_seed(seed)
-        n = len(data)
-        self.z = torch.randn((n, model.config.latent_dim), generator=fixed, device=device)
-        self.u = torch.rand((n,), generator=fixed, device=device)
-        self.noise = torch.randn((n, model.detector.n_total_cells), generator=fixed, device=device) if model.config.cell_noise else None
+        self.seed = seed
+        self.particles = Particles(data.energy, data.eta, data.phi, data.pdgid, data.impact_x, data.impact_y)
 
     def showers(self, model: ShowerModel) -> ShowerData:
-        """The generated twins of the held-out showers: same conditions, the fixed noise."""
-        images = generate_showers(model, self.c, self.e, self.z, self.u, self.noise)
-        side = model.detector.n_cells
-        return dataclasses.replace(self.data, images=images.reshape(-1, side, side))
+        """The generated twins of the held-out showers: same particles, the fixed seed (``model``
+        in the mode the caller chose: ``model.eval()`` for an evaluation)."""
+        generated = Engine(model, seed=self.seed).simulate(self.particles)
+        return dataclasses.replace(self.data, images=generated.images)
 
     def evaluate(self, generated: ShowerData) -> dict[str, Any]:
         """:func:`evaluate` of ``generated`` against the held-out showers."""

@@ -148,7 +148,7 @@ def run_dask(sim: Simulator, events: Any, *, particle: str | int | None, first_i
     counts = [dask.delayed(_count_particles)(part, particle) for part in parts]
     offsets = [dask.delayed(sum)(counts[:i], first_index) for i in range(len(parts))]
     results = [dask.delayed(_run_partition)(sim, part, particle, offset, stream) for part, offset in zip(parts, offsets, strict=True)]
-    empty = sim.run(ak.Array(events._meta.layout.form.length_zero_array()), particle=particle, stream=stream)
+    empty = sim.run(ak.Array(events.form.length_zero_array()), particle=particle, stream=stream)
     meta = ak.Array(empty.layout.to_typetracer(forget_length=True))
     return dak.from_delayed(results, meta=meta, divisions=events.divisions if events.known_divisions else None)
 

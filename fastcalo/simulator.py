@@ -163,19 +163,34 @@ class Simulator:
 
     # -- public entry points
     def run(self, events: Any, *, particle: str | int | None = None, first_index: int = 0, stream: Hashable | None = None) -> Any:
-        """One shower per particle: ``events * var * 24 * 24 * float32`` in GeV (awkward).
+        """One shower per particle, in the events and the order of the input (awkward arrays and
+        dask-awkward arrays have no static types: ``Any`` here).
 
-        ``events`` is an awkward collection in any layout :func:`fastcalo.particles.standardize`
-        reads (the standard records, a NanoAOD/coffea collection such as ``events.Photon``, ...),
-        jagged (one list per event, kept) or flat (then ``n * 24 * 24``); ``particle`` names the
-        particle type where the collection does not say it. A dask-awkward array gives a lazy
-        dask-awkward result equal to the eager one; building it computes nothing: each output
-        partition depends on tasks, in the same graph, that count the particles of the partitions
-        before it and so fix the global index of its first particle.
-        ``first_index`` is the global index of the first particle (for callers that split a
-        dataset themselves). ``stream`` (an int, a string or a tuple of them, e.g. a coffea chunk's
-        ``(filename, entrystart)``) names an independent random stream: calls with different
-        streams never share random numbers, whatever their indices.
+        Arguments:
+            events: an awkward collection in any layout :func:`fastcalo.particles.standardize`
+                reads (the standard records, a NanoAOD/coffea collection such as
+                ``events.Photon``, ...), jagged (one list per event, kept) or flat; or a
+                dask-awkward array of one.
+            particle: the particle type where the collection does not say it.
+            first_index: the global index of the first particle (for callers that split a
+                dataset themselves).
+            stream: an int, a string or a tuple of them (e.g. a coffea chunk's
+                ``(filename, entrystart)``) naming an independent random stream: calls with
+                different streams never share random numbers, whatever their indices.
+
+        Returns:
+            ``events * var * 24 * 24 * float32`` in GeV (``n * 24 * 24`` for a flat input). For a
+            dask-awkward input, a lazy dask-awkward result equal to the eager one; building it
+            computes nothing (:func:`fastcalo.scheduling.run_dask`).
+
+        Raises:
+            ValueError: particles the policy refuses, bad kinematics, a negative ``first_index``.
+
+        Example:
+            >>> import awkward as ak, fastcalo
+            >>> photons = ak.Array([[{"pt": 10.0, "eta": 0.1, "phi": 0.0}], []])
+            >>> str(fastcalo.Simulator(seed=2).run(photons, particle="photon").type)
+            '2 * var * 24 * 24 * float32'
         """
         if is_dask(events):
             return run_dask(self, events, particle=particle, first_index=first_index, stream=stream)
@@ -200,7 +215,23 @@ class Simulator:
         """Showers (N, 24, 24) float32 numpy, GeV, for conditions given as scalars or arrays.
 
         Scalars are repeated ``n`` times; arrays (all of one length N) give one shower each.
-        The impact point is drawn uniformly inside the central cell unless given (mm).
+
+        Arguments:
+            energy: incident energy, GeV.
+            eta: pseudorapidity.
+            particle: ``"photon"``, ``"electron"``, ``"positron"`` or a PDG id (or an array of them).
+            n: the number of showers where every condition is a scalar.
+            phi: azimuth, rad (carried, no effect on the shower).
+            impact_x, impact_y: impact point inside the central cell, mm; drawn uniformly there
+                unless given.
+            first_index: the global index of the first shower (its random numbers).
+
+        Returns:
+            (N, 24, 24) float32 numpy, GeV.
+
+        Raises:
+            ValueError: arrays of different lengths (or not ``n``), arrays of more than one
+                dimension, an unknown particle, or particles the policy refuses.
 
         Example:
             >>> import numpy as np, fastcalo

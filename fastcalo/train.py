@@ -32,7 +32,7 @@ from . import _distributed
 from .averaging import WeightAverage
 from .datasets import ShowerData
 from .detector import DEFAULT_DETECTOR, Detector
-from .model import Preprocessing, ShowerModel
+from .model import EnergyModel, Preprocessing, ShowerModel
 from .monitor import Monitor, evaluate
 from .rundir import Progress, RunDirectory
 from .runconfig import DataConfig, MonitorConfig, RunConfig, TrainConfig, dataset_path, ensure_dataset, load_config, make_dataset
@@ -239,7 +239,8 @@ def _losses(config: RunConfig, model: ShowerModel, rng: torch.Generator) -> tupl
 
     def penalty_in_cells_and_r(b: _Batch) -> torch.Tensor:
         def critic(xr: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-            return model.critic(xr[:, :-1], c, xr[:, -1])
+            score: torch.Tensor = model.critic(xr[:, :-1], c, xr[:, -1])
+            return score
 
         return gradient_penalty(critic, torch.cat([b.x, b.r_real[:, None]], dim=1), torch.cat([b.fake, b.r_fake[:, None]], dim=1), b.c, generator=rng)
 
@@ -317,8 +318,7 @@ def _initial_model(config: RunConfig, data: ShowerData, detector: Detector, devi
     model = ShowerModel(config.model, preprocessing=preprocessing, detector=detector).to(device)
     if config.model.kind == "mlp":
         mean_shape = (data.images / data.images.sum(axis=(1, 2), keepdims=True)).mean(axis=0).reshape(-1)
-        with torch.no_grad():
-            model.generator.net[-1].bias.copy_(torch.as_tensor(np.log(mean_shape + 1e-7), dtype=torch.float32))
+        model.generator.start_from(mean_shape)
     return model
 
 
@@ -327,13 +327,17 @@ def _pretrain_energy(model: ShowerModel, real: _Batchable, optimizer: _Optimizer
     its own random stream (so that its settings do not change the GAN's batches)."""
     from tqdm.auto import tqdm
 
+    energy = model.energy
+    if not isinstance(energy, EnergyModel):
+        msg = f"only the quantile energy model is pre-trained (model.energy = 'model'), not {type(energy).__name__}"
+        raise TypeError(msg)
     device = real.e.device
     energy_rng = torch.Generator(device=device).manual_seed(tc.seed + 3 + 1000 * rank)
-    model.energy.start_from(real.r_code[torch.randperm(len(real), generator=energy_rng, device=device)[:200_000]])
+    energy.start_from(real.r_code[torch.randperm(len(real), generator=energy_rng, device=device)[:200_000]])
     for step in tqdm(range(tc.energy_steps), desc="energy model", disable=not progress):
         optimizer.adam.param_groups[0]["lr"] = cosine_lr(tc.energy_lr, step, tc.energy_steps)
         c, _, r_code, _ = real.take(torch.randint(len(real), (tc.energy_batch,), generator=energy_rng, device=device))
-        loss = model.energy.loss(c, r_code)
+        loss = energy.loss(c, r_code)
         optimizer.step(loss)
         if (step + 1) % 500 == 0:
             run.log({"step": 0, "kind": "energy", "energy_step": step + 1, "pinball": loss.item()})
@@ -434,7 +438,7 @@ def train(
     real = _Batchable.build(model, train_data, processes.device)
     del train_data
     processes.broadcast(model)
-    monitor = Monitor(monitor_data, model, seed=tc.seed + 2, device=processes.device)
+    monitor = Monitor(monitor_data, seed=tc.seed + 2)
     rng = torch.Generator(device=processes.device).manual_seed(tc.seed + 1 + 1000 * processes.rank)
     optimizers = _optimizers(model, tc, processes)
     adams = {name: o.adam for name, o in optimizers.items()}

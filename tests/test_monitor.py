@@ -55,3 +55,24 @@ def test_an_energy_point_is_one_definition_to_1e_9(reference: ShowerData) -> Non
     points = per_energy(feats, feats, reference.energy, nudged)
     assert [(p.energy_low, p.n_reference, p.n_generated) for p in points] == [(2.0, 60, 60), (20.0, 60, 60)]
     assert all(v == 0.0 for p in points for v in p.separation_power.values())
+
+
+def test_the_monitor_draws_what_the_simulator_draws(reference: ShowerData) -> None:
+    """One sampling path: the monitor's generated twins are the showers a Simulator with the
+    monitor's seed gives the same particles."""
+    import torch
+
+    from fastcalo import Simulator
+    from fastcalo.model import ModelConfig, ShowerModel
+    from fastcalo.monitor import Monitor
+
+    torch.manual_seed(0)
+    model = ShowerModel(ModelConfig(latent_dim=4, generator_hidden=(16,), critic_hidden=(16,), energy_hidden=(8,), cell_noise=True)).eval()
+    twins = Monitor(reference, seed=4).showers(model)
+    assert np.array_equal(twins.energy, reference.energy) and np.array_equal(twins.impact_x, reference.impact_x)
+    direct = Simulator(model, seed=4, device="cpu").sample(
+        energy=reference.energy, eta=reference.eta, phi=reference.phi, particle=reference.pdgid,
+        impact_x=reference.impact_x, impact_y=reference.impact_y,
+    )  # fmt: skip
+    np.testing.assert_array_equal(twins.images, direct)
+    assert twins.images.sum() > 0

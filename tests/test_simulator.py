@@ -427,3 +427,16 @@ def test_half_precision_keeps_the_totals_of_float32(dtype: str) -> None:
     assert np.count_nonzero(half.sum(axis=(1, 2)) == 0) == 0
     np.testing.assert_allclose(half.sum(axis=(1, 2)), ref.sum(axis=(1, 2)), rtol=1e-4)
     assert np.abs(half - ref).max() < 0.5  # the shapes differ by the network's rounding only
+
+
+def test_cli_choices_are_the_library_constants() -> None:
+    """The parser spells out the presets, precisions and policies (to start without torch): they
+    must be the library's."""
+    import argparse
+
+    from fastcalo.cli import _parser
+    from fastcalo.engine import DTYPES, OUT_OF_RANGE
+
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    choices = {a.dest: tuple(a.choices) for a in sub.choices["simulate"]._actions if a.choices}
+    assert choices == {"preset": particles.PRESETS, "dtype": tuple(DTYPES), "out_of_range": OUT_OF_RANGE}

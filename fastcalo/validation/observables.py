@@ -23,6 +23,9 @@ import numpy as np
 from ..datasets import ShowerData
 from ..detector import DEFAULT_DETECTOR, Detector
 
+#: The histograms of the validation: weighted storage (sums of weights and of their squares).
+WeightHist = hist.Hist[hist.storage.Weight]
+
 __all__ = (
     "FEATURES",
     "ResponsePoint",
@@ -56,7 +59,8 @@ def _window_sum(images: np.ndarray, centre: np.ndarray, half: int) -> np.ndarray
     idx = np.arange(n)
     rows = np.abs(idx[None, :] - centre[:, 0, None]) <= half
     cols = np.abs(idx[None, :] - centre[:, 1, None]) <= half
-    return np.einsum("nij,ni,nj->n", images, rows.astype(images.dtype), cols.astype(images.dtype))
+    sums: np.ndarray = np.einsum("nij,ni,nj->n", images, rows.astype(images.dtype), cols.astype(images.dtype))
+    return sums
 
 
 def features(data: ShowerData, detector: Detector = DEFAULT_DETECTOR) -> dict[str, np.ndarray]:
@@ -111,13 +115,13 @@ def _axis(name: str, values: list[np.ndarray]) -> hist.axis.Regular:
     return hist.axis.Regular(*binning, name=name, label=label)
 
 
-def feature_histograms(*datasets: dict[str, np.ndarray]) -> list[dict[str, hist.Hist]]:
+def feature_histograms(*datasets: dict[str, np.ndarray]) -> list[dict[str, WeightHist]]:
     """Histogram the features of one or more datasets on common axes (one dict per dataset).
 
     Non-finite values are left out; on the fixed axes of fractions, a value equal to the upper
     edge (a shower contained entirely in 3x3 cells) is filled into the last bin.
     """
-    out: list[dict[str, hist.Hist]] = [{} for _ in datasets]
+    out: list[dict[str, WeightHist]] = [{} for _ in datasets]
     for name in FEATURES:
         axis = _axis(name, [d[name] for d in datasets])
         top = axis.edges[-1]
@@ -132,7 +136,7 @@ def feature_histograms(*datasets: dict[str, np.ndarray]) -> list[dict[str, hist.
     return out
 
 
-def cell_spectrum(data: ShowerData, *, low: float = 1e-3, high: float = 200.0, bins: int = 60) -> hist.Hist:
+def cell_spectrum(data: ShowerData, *, low: float = 1e-3, high: float = 200.0, bins: int = 60) -> WeightHist:
     """Spectrum of the energies of all non-empty cells, log-spaced bins in GeV."""
     values = data.images[data.images > 0]
     h = hist.Hist(hist.axis.Regular(bins, low, high, transform=hist.axis.transform.log, name="e_cell", label="cell energy [GeV]"),
@@ -160,7 +164,7 @@ def in_group(energy: np.ndarray, low: float, high: float) -> np.ndarray:
         [True, True, False]
     """
     if low == high:
-        return np.isclose(energy, low, rtol=1e-9, atol=0.0)
+        return np.asarray(np.isclose(energy, low, rtol=1e-9, atol=0.0))
     return (energy >= low) & (energy < high)
 
 

@@ -74,8 +74,8 @@ class Report:
     ``write`` turns them into a report directory."""
 
     labels: list[str]
-    histograms: list[dict[str, hist.Hist]]
-    cell_spectra: list[hist.Hist]
+    histograms: list[dict[str, obs.WeightHist]]
+    cell_spectra: list[obs.WeightHist]
     mean_images: list[np.ndarray]
     response: list[list[obs.ResponsePoint]]
     separation_power: dict[str, float] = field(default_factory=dict)
@@ -130,11 +130,11 @@ class Report:
             ("resolution", "largest |core resolution ratio − 1|", t.resolution_max, ("core_resolution", "core_resolution_error")),
         ):
             rows = []
-            for r, g in pairs:
-                (a, ea), (b, eb) = ((getattr(x, of[0]), getattr(x, of[1])) for x in (r, g))
+            for ref, gen in pairs:
+                (a, ea), (b, eb) = ((getattr(x, of[0]), getattr(x, of[1])) for x in (ref, gen))
                 if a > 0 and b > 0:
                     ratio = b / a
-                    rows.append((abs(ratio - 1), ratio * float(np.hypot(ea / a, eb / b)), r))
+                    rows.append((abs(ratio - 1), ratio * float(np.hypot(ea / a, eb / b)), ref))
             if rows:  # the point furthest beyond the bound, in errors
                 value, error, row = max(rows, key=lambda item: item[0] - ns * item[1])
                 checks.append(Check(name, description, value, high=bound, error=error, n_sigma=ns, detail=f"E = {_energy_text(row)} GeV"))
@@ -398,7 +398,7 @@ def per_energy(
     return out
 
 
-def _separation(a: hist.Hist, b: hist.Hist) -> float:
+def _separation(a: obs.WeightHist, b: obs.WeightHist) -> float:
     """Separation power with the flow bins (values off the axis count); NaN if a sample has no
     finite value at all (e.g. ratios of empty showers)."""
     if a.values(flow=True).sum() <= 0 or b.values(flow=True).sum() <= 0:

@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from .._names import near_misses
+
 __all__ = ("Check", "Thresholds")
 
 
@@ -85,14 +87,10 @@ class Thresholds:
             ValueError naming ``source``: for unknown keys (listing the valid ones and near misses)
             and values that are not finite numbers.
         """
-        import difflib
-
         valid = [f.name for f in fields(cls)]
         unknown = [key for key in values if key not in valid]
         if unknown:
-            hints = "".join(
-                f" (did you mean {near[0]!r}?)" for key in unknown if (near := difflib.get_close_matches(key, valid, n=1))
-            )
+            hints = "".join(f" (did you mean {near[0]!r}?)" for key in unknown if (near := near_misses(key, valid, n=1)))
             msg = f"{source}: unknown key(s) {unknown}{hints}; valid keys are {valid}"
             raise ValueError(msg)
         try:
