@@ -268,11 +268,11 @@ class Conditions:
     def encode(
         self,
         *,
-        energy: Any,
-        eta: Any,
-        pdgid: Any,
-        impact_x: Any,
-        impact_y: Any,
+        energy: npt.ArrayLike,
+        eta: npt.ArrayLike,
+        pdgid: npt.ArrayLike,
+        impact_x: npt.ArrayLike,
+        impact_y: npt.ArrayLike,
     ) -> torch.Tensor:
         """(N, width) float32 tensor; inputs are array-likes of shape (N,) (GeV, mm)."""
         e = torch.as_tensor(np.asarray(energy, dtype=np.float64))
