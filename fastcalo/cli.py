@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -338,11 +340,33 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Interrupted(KeyboardInterrupt):
+    """SIGTERM (or SIGINT) as an exception, so that the writers' clean-up runs as for Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    # a second signal ends the process at once, as SIGKILL would (the next run removes leftovers)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise _Interrupted(signum)
+
+
 def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """Run the parsed command: its errors become one line and exit 2; SIGINT and SIGTERM stop it
+    with clean-up (no temporary file left), one line and exit 128 + the signal (130, 143)."""
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     raw = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(_join_signed(raw))
     args.argv = raw
+    output = getattr(args, "output", None)
+    existed = output is not None and Path(output).exists()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         return int(args.func(args))
     except (ValueError, KeyError, OSError) as error:
@@ -350,6 +374,15 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
         plain_key = isinstance(error, KeyError) and type(error).__str__ is KeyError.__str__
         message = error.args[0] if plain_key and error.args else error
         parser.exit(2, f"{parser.prog}: error: {message}\n")
+    except KeyboardInterrupt as error:
+        signum = error.signum if isinstance(error, _Interrupted) else int(signal.SIGINT)
+        outcome = ": no output written" if output is not None and not existed and not Path(output).exists() else ""
+        sys.stderr.write(f"{parser.prog}: interrupted ({signal.Signals(signum).name}){outcome}\n")
+        return 128 + signum
+    finally:
+        for signum, handler in (previous or {}).items():
+            if handler is not None:  # None: not installed from Python, nothing to restore
+                signal.signal(signum, handler)
     return 2
 
 

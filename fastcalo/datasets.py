@@ -20,8 +20,11 @@ particle, row-major; its own counter ``n<C>_image`` = 576 n<C>), ``<C>`` the col
 HDF5, the layout above plus ``event``, the input entry of every shower. :func:`iterate` and
 :func:`read` read both as flat shower datasets.
 
-Writes go to a temporary file beside the target and are renamed into place at the end, so a
-failed or interrupted write never leaves a partial file under the target name.
+Writes go to a temporary file beside the target, ``.NAME.HOST.PID.RANDOM.fastcalo-tmp.EXT``, and
+are renamed into place at the end, so a failed or interrupted write never leaves a partial file
+under the target name. A writer starting on a target removes the temporaries of that target left
+by a process of this host that no longer runs (killed, say). Files get the permissions of the
+umask (``0o666 & ~umask``). See ``docs/datasets.md`` for the guarantees.
 
 Example:
     >>> import numpy as np, fastcalo.datasets as ds
@@ -34,10 +37,16 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
 import os
+import re
+import signal
+import socket
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from types import TracebackType
@@ -59,12 +68,14 @@ if TYPE_CHECKING:
 
 __all__ = (
     "CONDITION_COLUMNS",
+    "TEMPORARY_MARK",
     "EventWriter",
     "ShowerData",
     "ShowerWriter",
     "atomic_path",
     "file_kind",
     "iterate",
+    "leftover_temporaries",
     "metadata",
     "read",
     "write",
@@ -79,6 +90,8 @@ CONDITION_COLUMNS: dict[str, str] = {
     "impact_x": "mm",
     "impact_y": "mm",
 }
+log = logging.getLogger(__name__)
+
 _ROOT_NAMES = {"energy": "incident_energy"}
 _TREE = "showers"
 _META = "fastcalo_meta"
@@ -236,9 +249,81 @@ def _metadata(kind: str, detector: Detector, extra: Mapping[str, object] | None)
     return meta
 
 
+#: The mark in the name of every temporary file a fastcalo writer makes:
+#: ``.NAME.HOST.PID.RANDOM.fastcalo-tmp.EXT`` beside the target ``NAME`` (``EXT`` its extension).
+TEMPORARY_MARK = ".fastcalo-tmp"
+
+
+def _host() -> str:
+    """This machine's name as it appears in temporary file names (letters, digits and '-')."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0])[:40] or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def leftover_temporaries(path: str | os.PathLike[str]) -> list[tuple[Path, str, int]]:
+    """The temporary files of fastcalo writers beside ``path`` that are meant to become ``path``.
+
+    Arguments:
+        path: a target file name; it need not exist.
+
+    Returns:
+        ``(temporary, host, pid)`` for each, the host and process id of the writer that made it.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> leftover_temporaries(pathlib.Path(tempfile.mkdtemp()) / "showers.h5")
+        []
+    """
+    target = Path(path)
+    directory = target.parent if str(target.parent) else Path(".")
+    pattern = re.compile(
+        re.escape(f".{target.name}.") + r"([A-Za-z0-9-]+)\.([0-9]+)\.[A-Za-z0-9_]+" + re.escape(TEMPORARY_MARK + target.suffix)
+    )
+    found = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(directory):
+            match = pattern.fullmatch(entry.name)
+            if match:
+                found.append((directory / entry.name, match[1], int(match[2])))
+    return sorted(found)
+
+
+def _remove_stale(target: Path) -> None:
+    """Remove the temporaries of ``target`` whose writer, on this host, no longer runs."""
+    host = _host()
+    for tmp, tmp_host, pid in leftover_temporaries(target):
+        if tmp_host != host or _pid_alive(pid):
+            continue  # another machine's (cannot tell if it runs) or a running writer's: not ours to touch
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            log.warning("removed %s, left by an interrupted fastcalo run (process %d, no longer running)", tmp, pid)
+
+
+def _umask() -> int:
+    """The process umask. Reading it sets it for a moment: call it where no other thread creates files."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
+
+    The temporary is named ``.NAME.HOST.PID.RANDOM.fastcalo-tmp.EXT`` (``NAME`` the target's
+    name, ``EXT`` its extension); it is removed if the block fails or is interrupted. Before
+    making it, the temporaries of the same target left by processes of this host that no longer
+    run are removed (see :func:`leftover_temporaries`). The file gets the permissions
+    ``0o666 & ~umask``, as :func:`open` would give it.
 
     Raises:
         FileExistsError if ``path`` exists and ``overwrite`` is false; FileNotFoundError or
@@ -263,15 +348,138 @@ def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Ite
     if not os.access(directory, os.W_OK):
         msg = f"cannot write {target}: directory {directory} is not writable"
         raise PermissionError(msg)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=directory)
-    os.close(fd)
+    mode = 0o666 & ~_umask()
+    _remove_stale(target)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{target.name}.{_host()}.{os.getpid()}.", suffix=TEMPORARY_MARK + target.suffix, dir=directory
+    )
     tmp = Path(tmp_name)
     try:
+        os.close(fd)
         yield tmp
+        os.chmod(tmp, mode)  # mkstemp made it 0600
         os.replace(tmp, target)
     finally:
-        if tmp.exists():
+        with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM during the block, then act on them as the handlers in place would.
+
+    HDF5 must not be interrupted half-way through a call (an exception raised inside its
+    callbacks leaves the file half-written and h5py crashing at exit); nor need uproot. Only the
+    main thread can install handlers: elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous: dict[int, Callable[[int, Any], Any] | int] = {}
+
+    def hold(signum: int, frame: Any) -> None:
+        caught.append(signum)
+
+    for held in (signal.SIGINT, signal.SIGTERM):
+        installed = signal.getsignal(held)
+        if installed is not None:  # None: installed outside Python, cannot be restored
+            previous[held] = installed
+            signal.signal(held, hold)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(caught):  # in arrival order, once each
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, None)
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), signum)
+
+
+class _Hdf5Sink:
+    """The file under an HDF5 file being written (h5py's ``fileobj`` driver), that never fails.
+
+    HDF5 does not recover from a failed write (a full disk, a file size limit): h5py then prints
+    a traceback for every object it closes and can crash at exit. So the first error is kept,
+    later writes are dropped, reads past what was written give zeros (as HDF5's own driver does),
+    and :meth:`check` raises the error once h5py's call has returned. The file is then discarded.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_RDWR)
+        self._pos = 0
+        self._eof = os.fstat(self._fd).st_size
+        self.error: OSError | None = None
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self._pos = offset + (self._eof if whence == os.SEEK_END else self._pos if whence == os.SEEK_CUR else 0)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, size: int) -> bytes:
+        parts, done = [], 0
+        while done < size and self.error is None:
+            part = os.pread(self._fd, size - done, self._pos + done)
+            if not part:
+                break
+            parts.append(part)
+            done += len(part)
+        self._pos += size
+        return b"".join(parts) + bytes(size - done)
+
+    def write(self, data: bytes | bytearray) -> int:
+        view, done = memoryview(data), 0
+        try:
+            while done < len(view) and self.error is None:
+                done += os.pwrite(self._fd, view[done:], self._pos + done)
+        except OSError as error:
+            self.error = error
+        self._pos += len(view)
+        self._eof = max(self._eof, self._pos)
+        return len(view)
+
+    def truncate(self, size: int) -> int:
+        if self.error is None:
+            try:
+                os.ftruncate(self._fd, size)
+            except OSError as error:
+                self.error = error
+        self._eof = size
+        return size
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def check(self, target: Path) -> None:
+        """Raise the first write error, as :func:`write_error` words it for ``target``."""
+        if self.error is not None:
+            raise _write_error(target, self.error)
+
+
+def _write_error(target: Path, error: OSError) -> OSError:
+    """An error of writing ``target``'s temporary file, reworded to name ``target``.
+
+    Example:
+        >>> import errno, pathlib
+        >>> print(_write_error(pathlib.Path("out.h5"), OSError(errno.EFBIG, "File too large")))
+        cannot write out.h5: File too large (EFBIG); out.h5 was not written
+    """
+    reason = error.strerror or str(error)
+    code = f" ({errno.errorcode.get(error.errno, error.errno)})" if error.errno else ""
+    result = "the existing file is unchanged" if target.exists() else f"{target} was not written"
+    reworded = OSError(f"cannot write {target}: {reason}{code}; {result}")
+    reworded.errno = error.errno
+    return reworded
 
 
 class ShowerWriter:
@@ -305,11 +513,23 @@ class ShowerWriter:
         self._atomic: contextlib.AbstractContextManager[Path] | None = None
         self._file: Any = None  # h5py.File or uproot.WritableDirectory while open
         self._tree: Any = None  # uproot.WritableTree while open (ROOT)
+        self._sink: _Hdf5Sink | None = None  # the file under h5py's (HDF5)
         self.n_written = 0
 
     def __enter__(self) -> ShowerWriter:
         self._atomic = atomic_path(self.path, overwrite=self._overwrite)
         tmp = self._atomic.__enter__()
+        try:
+            with _signals_deferred():
+                self._open(tmp)
+        except BaseException as error:
+            _close_atomic(self, type(error), error, error.__traceback__)
+            if isinstance(error, OSError) and self._sink is None:
+                raise _write_error(self.path, error) from error
+            raise
+        return self
+
+    def _open(self, tmp: Path) -> None:
         if self._kind == "root":
             import uproot
 
@@ -324,7 +544,8 @@ class ShowerWriter:
         else:
             import h5py
 
-            self._file = h5py.File(tmp, "w")
+            self._sink = _Hdf5Sink(tmp)
+            self._file = h5py.File(self._sink, "w")
             for key, value in self._meta.items():
                 self._file.attrs[key] = json.dumps(value) if isinstance(value, dict) else value
             n = self._n_cells * self._n_cells
@@ -335,7 +556,7 @@ class ShowerWriter:
             for c in CONDITION_COLUMNS:
                 if c != "energy":
                     self._file.create_dataset(c, (0,), maxshape=(None,), dtype="i4" if c == "pdgid" else "f8", chunks=(4096,))
-        return self
+            self._sink.check(self.path)
 
     def write(self, data: ShowerData, *, event: ArrayLike | None = None) -> None:
         """Append a chunk of showers (HDF5 only: ``event``, the input entry of each shower, (N,)).
@@ -351,6 +572,19 @@ class ShowerWriter:
         if data.images.shape[1:] != (self._n_cells, self._n_cells):
             msg = f"{self.path}: expected images of {self._n_cells}x{self._n_cells} cells, got {data.images.shape[1:]}"
             raise ValueError(msg)
+        if event is not None and self._kind == "root":
+            msg = f"{self.path}: a flat ROOT shower file has no 'event' column (use EventWriter)"
+            raise ValueError(msg)
+        try:
+            with _signals_deferred():
+                self._write(data, event)
+        except OSError as error:
+            raise _write_error(self.path, error) from error
+        if self._sink is not None:
+            self._sink.check(self.path)
+        self.n_written += len(data)
+
+    def _write(self, data: ShowerData, event: ArrayLike | None) -> None:
         n = len(data)
         flat = data.images.reshape(n, self._n_cells * self._n_cells).astype(np.float32, copy=False)
         if self._kind == "root":
@@ -375,10 +609,6 @@ class ShowerWriter:
                     f.create_dataset("event", (0,), maxshape=(None,), dtype="i8", chunks=(4096,))
                 f["event"].resize(start + n, axis=0)
                 f["event"][start:] = np.asarray(event, dtype=np.int64)
-        if event is not None and self._kind == "root":
-            msg = f"{self.path}: a flat ROOT shower file has no 'event' column (use EventWriter)"
-            raise ValueError(msg)
-        self.n_written += n
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -428,6 +658,7 @@ class EventWriter:
         self._atomic: contextlib.AbstractContextManager[Path] | None = None
         self._file: Any = None  # uproot.WritableDirectory while open (ROOT)
         self._tree: Any = None  # uproot.WritableTree once the first chunk is written
+        self._sink: _Hdf5Sink | None = None  # never: HDF5 output goes through self._flat
         self.n_events = 0
         self.n_written = 0
 
@@ -439,8 +670,15 @@ class EventWriter:
 
         self._atomic = atomic_path(self.path, overwrite=self._overwrite)
         tmp = self._atomic.__enter__()
-        self._file = uproot.recreate(tmp)
-        self._file[_META] = json.dumps(self._meta)
+        try:
+            with _signals_deferred():
+                self._file = uproot.recreate(tmp)
+                self._file[_META] = json.dumps(self._meta)
+        except BaseException as error:
+            _close_atomic(self, type(error), error, error.__traceback__)
+            if isinstance(error, OSError):
+                raise _write_error(self.path, error) from error
+            raise
         return self
 
     def write(self, data: ShowerData, *, counts: ArrayLike, first_event: int, extra: ak.Array | None = None) -> None:
@@ -468,7 +706,11 @@ class EventWriter:
                 raise ValueError(msg)
             self._flat.write(data, event=np.repeat(np.arange(first_event, first_event + len(counts)), counts))
         else:
-            self._write_root(data, counts, extra)
+            try:
+                with _signals_deferred():
+                    self._write_root(data, counts, extra)
+            except OSError as error:
+                raise _write_error(self.path, error) from error
         self.n_events += len(counts)
         self.n_written += len(data)
 
@@ -520,17 +762,32 @@ def _close_atomic(
     exc: BaseException | None,
     tb: TracebackType | None,
 ) -> None:
-    """Close a writer's file, then rename its temporary file into place only if all went well."""
-    atomic, file = writer._atomic, writer._file
-    writer._file = None
+    """Close a writer's file, then rename its temporary file into place only if all went well.
+
+    An error while closing after another error is dropped: the first one says what went wrong.
+    """
+    atomic, file, sink = writer._atomic, writer._file, writer._sink
+    writer._atomic, writer._file, writer._sink = None, None, None
     if atomic is None:
         msg = f"{writer.path}: writer closed without being opened"
         raise RuntimeError(msg)
     try:
-        if file is not None:
-            file.close()
+        try:
+            if file is not None:
+                with _signals_deferred():
+                    file.close()
+        finally:
+            if sink is not None:
+                sink.close()
+        if sink is not None and exc is None:
+            sink.check(writer.path)
     except BaseException as error:
+        if exc is not None:  # the file is discarded anyway
+            atomic.__exit__(exc_type, exc, tb)
+            return
         atomic.__exit__(type(error), error, error.__traceback__)
+        if isinstance(error, OSError) and sink is None:
+            raise _write_error(writer.path, error) from error
         raise
     atomic.__exit__(exc_type, exc, tb)
 
@@ -602,10 +859,26 @@ def _suggest(name: str, available: list[str]) -> str:
     return f"; did you mean {near}?" if near else ""
 
 
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turn the errors of h5py or uproot reading ``path`` into one naming the file.
+
+    Wraps only the library's calls: fastcalo's own KeyError and ValueError already name it.
+    """
+    try:
+        yield
+    except Exception as error:
+        kind = "HDF5" if file_kind(path) == "hdf5" else "ROOT"
+        reason = re.sub(r"\s+(in file|for file path) \S+$", "", " ".join(str(error).split()))  # uproot names it too
+        msg = f"{path}: not a readable {kind} file ({reason})"
+        raise OSError(msg) from error
+
+
 def _open_hdf5(path: Path) -> tuple[h5py.File, int, float]:
     import h5py
 
-    f = h5py.File(path, "r")
+    with _reading(path):
+        f = h5py.File(path, "r")
     keys = sorted(f.keys())
     required = ["incident_energies", "showers", *(c for c in CONDITION_COLUMNS if c != "energy")]
     missing = [k for k in required if k not in keys]
@@ -650,10 +923,13 @@ def _iterate_events(
     import awkward as ak
     import uproot
 
-    with uproot.open(path) as f:
+    with _reading(path):
+        file = uproot.open(path)
+    with file as f:
         meta = _root_meta(f, path)
         name, c = meta["tree"], meta["collection"]
-        tree = f[name]
+        with _reading(path):
+            tree = f[name]
         columns = {col: f"{c}_{_ROOT_NAMES.get(col, col).replace('incident_', '')}" for col in CONDITION_COLUMNS}
         missing = [b for b in [*columns.values(), f"{c}_image"] if b not in tree]
         if missing and tree.num_entries:
@@ -662,7 +938,12 @@ def _iterate_events(
         if detector is not None:
             _check_cells(path, int(meta.get("detector", {}).get("n_cells", detector.n_cells)) ** 2, detector)
         seen = 0
-        for arrays in tree.iterate([*columns.values(), f"{c}_image"], step_size=step_size, library="ak") if not missing else ():
+        chunks = tree.iterate([*columns.values(), f"{c}_image"], step_size=step_size, library="ak") if not missing else iter(())
+        while True:
+            with _reading(path):
+                arrays = next(chunks, None)
+            if arrays is None:
+                break
             n = int(ak.sum(ak.num(arrays[columns["energy"]], axis=1)))
             lo, hi = max(entry_start - seen, 0), n if entry_stop is None else min(entry_stop - seen, n)
             seen += n
@@ -680,20 +961,24 @@ def _iterate_events(
 def _root_layout(path: Path) -> str:
     import uproot
 
-    with uproot.open(path) as f:
+    with _reading(path):
+        file = uproot.open(path)
+    with file as f:
         return str(_root_meta(f, path).get("layout", "showers"))
 
 
 def _open_root(path: Path) -> tuple[uproot.ReadOnlyDirectory, uproot.TTree, int]:
     import uproot
 
-    f = uproot.open(path)
+    with _reading(path):
+        f = uproot.open(path)
     if _TREE not in f:
         keys = [k.split(";")[0] for k in f.keys()]
         msg = f"{path}: no TTree {_TREE!r}; the file has {keys}{_suggest(_TREE, keys)}"
         f.close()
         raise KeyError(msg)
-    tree = f[_TREE]
+    with _reading(path):
+        tree = f[_TREE]
     branches = list(tree.keys())
     required = [_ROOT_NAMES.get(c, c) for c in CONDITION_COLUMNS] + ["image"]
     missing = [b for b in required if b not in branches]
@@ -763,13 +1048,11 @@ def iterate(
             stop = n if entry_stop is None else min(entry_stop, n)
             for start in range(entry_start, stop, step_size):
                 end = min(start + step_size, stop)
-                columns = {c: f[c][start:end] for c in CONDITION_COLUMNS if c != "energy"}
-                yield ShowerData.from_arrays(
-                    source=f"{source}[{start}:{end}]",
-                    energy=f["incident_energies"][start:end, 0] * scale,
-                    images=f["showers"][start:end] * np.float32(scale),
-                    **columns,
-                )
+                with _reading(path):
+                    columns = {c: f[c][start:end] for c in CONDITION_COLUMNS if c != "energy"}
+                    energy = f["incident_energies"][start:end, 0] * scale
+                    images = f["showers"][start:end] * np.float32(scale)
+                yield ShowerData.from_arrays(source=f"{source}[{start}:{end}]", energy=energy, images=images, **columns)
     elif _root_layout(path) == "events":
         yield from _iterate_events(path, step_size, detector, entry_start, entry_stop)
     else:
@@ -780,7 +1063,8 @@ def iterate(
             stop = n if entry_stop is None else min(entry_stop, n)
             for start in range(entry_start, stop, step_size):
                 end = min(start + step_size, stop)
-                arrays = tree.arrays(library="np", entry_start=start, entry_stop=end)
+                with _reading(path):
+                    arrays = tree.arrays(library="np", entry_start=start, entry_stop=end)
                 yield ShowerData.from_arrays(
                     source=f"{source}[{start}:{end}]",
                     **{c: arrays[_ROOT_NAMES.get(c, c)] for c in CONDITION_COLUMNS},
@@ -810,7 +1094,9 @@ def metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     if file_kind(path) == "hdf5":
         import h5py
 
-        with h5py.File(path, "r") as f:
+        with _reading(path):
+            file = h5py.File(path, "r")
+        with file as f:
             out: dict[str, Any] = {}
             for key, value in f.attrs.items():
                 text = value.decode() if isinstance(value, bytes) else value
@@ -822,7 +1108,9 @@ def metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
             return out
     import uproot
 
-    with uproot.open(path) as f:
+    with _reading(path):
+        file = uproot.open(path)
+    with file as f, _reading(path):
         return dict(json.loads(str(f[_META]))) if _META in f else {}
 
 

@@ -1,6 +1,12 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import stat
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import h5py
@@ -169,3 +175,72 @@ def test_missing_column() -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no shower file at"):
         ds.read(tmp_path / "nope.h5")
+
+
+# --- reliability: permissions, leftovers of killed writers, unreadable files -------------------
+
+
+@pytest.fixture
+def umask() -> Iterator[Callable[[int], None]]:
+    """Set the process umask for one test; restored afterwards."""
+    original = os.umask(0o022)
+    os.umask(original)
+    yield os.umask
+    os.umask(original)
+
+
+def _write_events(path: Path) -> None:
+    data = _data(3)
+    with ds.EventWriter(path, tree="Events", collection="Photon") as out:
+        out.write(data, counts=np.array([2, 1]), first_event=0)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+@pytest.mark.parametrize("suffix", [".root", ".h5"])
+@pytest.mark.parametrize("layout", ["flat", "events"])
+def test_files_follow_the_umask(tmp_path: Path, umask: Callable[[int], None], mask: int, suffix: str, layout: str) -> None:
+    umask(mask)
+    path = tmp_path / f"showers{suffix}"
+    if layout == "flat":
+        ds.write(_data(3), path)
+    else:
+        _write_events(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask  # 0644, 0600
+    assert len(ds.read(path)) == 3
+
+
+def test_temporary_name_and_stale_leftovers(tmp_path: Path) -> None:
+    target = tmp_path / "showers.h5"
+    with ds.atomic_path(target) as tmp:
+        assert re.fullmatch(r"\.showers\.h5\.[A-Za-z0-9-]+\.(\d+)\.[a-z0-9_]+\.fastcalo-tmp\.h5", tmp.name)
+        assert tmp.name.split(".")[4] == str(os.getpid())
+        assert ds.leftover_temporaries(target) == [(tmp, tmp.name.split(".")[3], os.getpid())]
+        tmp.write_text("x")
+    host = tmp.name.split(".")[3]
+    dead_pid = subprocess.Popen([sys.executable, "-c", "pass"])  # a process that no longer runs
+    dead_pid.wait()
+    dead = tmp_path / f".showers.h5.{host}.{dead_pid.pid}.abcd1234.fastcalo-tmp.h5"
+    alive = tmp_path / f".showers.h5.{host}.{os.getpid()}.efgh5678.fastcalo-tmp.h5"
+    elsewhere = tmp_path / f".showers.h5.otherhost.{dead_pid.pid}.ijkl9012.fastcalo-tmp.h5"
+    other_target = tmp_path / f".other.h5.{host}.{dead_pid.pid}.mnop3456.fastcalo-tmp.h5"
+    for leftover in (dead, alive, elsewhere, other_target):
+        leftover.write_bytes(b"partial")
+    ds.write(_data(2), target, overwrite=True)
+    assert not dead.exists()  # its writer is gone: removed
+    assert alive.exists() and elsewhere.exists() and other_target.exists()  # running, unknown, not this target's
+    assert len(ds.read(target)) == 2
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".root"])
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_unreadable_file_is_named(tmp_path: Path, suffix: str, damage: str) -> None:
+    good = ds.write(_data(300), tmp_path / f"good{suffix}")
+    content = good.read_bytes()
+    bad = tmp_path / f"{damage}{suffix}"
+    bad.write_bytes({"truncated": content[: len(content) // 2], "garbage": np.random.default_rng(1).bytes(5000), "empty": b""}[damage])
+    kind = "HDF5" if suffix == ".h5" else "ROOT"
+    with pytest.raises(OSError, match=f"^{re.escape(str(bad))}: not a readable {kind} file \\(.+\\)$"):
+        ds.read(bad)
+    if damage != "truncated" or suffix == ".h5":  # a half ROOT file still has its header and metadata
+        with pytest.raises(OSError, match=f"^{re.escape(str(bad))}: not a readable {kind} file"):
+            ds.metadata(bad)

@@ -7,6 +7,7 @@ Lengths inside the kernels are in mm, energies in GeV (kinetic for e+-). Particl
 from __future__ import annotations
 
 import math
+import time
 
 import numba as nb
 import numpy as np
@@ -22,6 +23,9 @@ PHOTON, ELECTRON, POSITRON = 0, 1, 2
 _STACK = 4096
 _MAX_TRIES = 1000  # rejection-sampling attempts before a process is declared closed
 _M = ELECTRON_MASS
+#: Seconds one call of the transport kernel should take: Python acts on a signal (Ctrl-C, SIGTERM)
+#: only between calls, as a compiled kernel cannot be interrupted.
+_SLICE_SECONDS = 0.25
 #: The kernels' arrays of lengths (mm), energies (GeV) and tables: float64.
 _Floats = NDArray[np.float64]
 
@@ -282,7 +286,6 @@ def _shower(
     return leak
 
 
-@nb.njit(cache=True, parallel=True)
 def transport(
     kinds: NDArray[np.int64], energies: _Floats, starts: _Floats, seed: np.uint64, first_index: np.uint64,
     geo: _Floats, cuts: _Floats, tab_e: _Floats, brem_rate: _Floats, dedx: _Floats,
@@ -293,7 +296,39 @@ def transport(
 
     ``starts[i]`` is (x, y, z, ux, uy, uz) at the front face. ``images`` (N, n, n) float64 GeV.
     ``longitudinal`` and ``radial`` are (N, bins) or (N, 1) to skip profile scoring.
+
+    The kernel runs on slices of about ``_SLICE_SECONDS`` (the time per GeV measured on the
+    previous slice), so that a signal stops the program within about that time. The results do
+    not depend on the slicing: shower i keeps its stream.
     """
+    n = kinds.size
+    cumulative = np.cumsum(energies)
+    least = 2 * nb.get_num_threads()  # showers per slice: some for every thread
+    start, seconds_per_gev = 0, 0.0
+    while start < n:
+        stop = start + least
+        if seconds_per_gev > 0:
+            done = cumulative[start - 1] if start else 0.0
+            stop = max(stop, int(np.searchsorted(cumulative, done + _SLICE_SECONDS / seconds_per_gev, side="right")))
+        stop = min(stop, n)
+        part = slice(start, stop)
+        began = time.perf_counter()
+        _transport_slice(
+            kinds[part], energies[part], starts[part], seed, np.uint64(int(first_index) + start), geo, cuts, tab_e,
+            brem_rate, dedx, photon_rate, pair_fraction, photo_fraction, scr,
+            images[part], longitudinal[part], radial[part], leakage[part],
+        )  # fmt: skip
+        seconds_per_gev = (time.perf_counter() - began) / max(float(energies[part].sum()), 1e-9)
+        start = stop
+
+
+@nb.njit(cache=True, parallel=True)
+def _transport_slice(
+    kinds: NDArray[np.int64], energies: _Floats, starts: _Floats, seed: np.uint64, first_index: np.uint64,
+    geo: _Floats, cuts: _Floats, tab_e: _Floats, brem_rate: _Floats, dedx: _Floats,
+    photon_rate: _Floats, pair_fraction: _Floats, photo_fraction: _Floats, scr: _Floats,
+    images: _Floats, longitudinal: _Floats, radial: _Floats, leakage: _Floats,
+) -> None:
     for i in nb.prange(kinds.size):
         rng = new_state(seed, first_index + nb.uint64(i), nb.uint64(0))
         leakage[i] = _shower(
