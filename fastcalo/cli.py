@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .datasets import OutputExistsError
 
 __all__ = ("main", "validate_main")
 
@@ -111,8 +112,7 @@ def _train(args: argparse.Namespace) -> int:
     overrides = {"train": {"steps": args.steps}} if args.steps is not None else {}
     config = load_config(args.config, **overrides)
     if args.export is not None and args.export.exists() and not args.overwrite:
-        msg = f"{args.export} already exists (pass --overwrite to replace it)"
-        raise FileExistsError(msg)
+        raise OutputExistsError(args.export)
     if args.threads:
         import torch
 
@@ -369,6 +369,8 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
         previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         return int(args.func(args))
+    except OutputExistsError as error:  # the library's hint names its keyword; here, the option
+        parser.exit(2, f"{parser.prog}: error: {error.path} already exists (--overwrite replaces it)\n")
     except (ValueError, KeyError, OSError) as error:
         # KeyError's own str() quotes its argument; errors that format themselves keep their message
         plain_key = isinstance(error, KeyError) and type(error).__str__ is KeyError.__str__
@@ -418,6 +420,7 @@ def _validate_parser() -> argparse.ArgumentParser:
         description="Validation plots and metrics of a shower dataset, or of a generated one against a reference.",
         epilog="example: fastcalo-validate --reference reference.h5 --generated generated.root -o report/",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--reference", type=Path, required=True, help="reference showers (.root or .h5)")
     parser.add_argument("--generated", type=Path, help="showers to compare with the reference (.root or .h5)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="report directory (replaced)")

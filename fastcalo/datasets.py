@@ -70,6 +70,7 @@ __all__ = (
     "CONDITION_COLUMNS",
     "TEMPORARY_MARK",
     "EventWriter",
+    "OutputExistsError",
     "ShowerData",
     "ShowerWriter",
     "atomic_path",
@@ -315,6 +316,23 @@ def _umask() -> int:
     return mask
 
 
+class OutputExistsError(FileExistsError):
+    """An output path that exists already: fastcalo replaces nothing unless asked to
+    (``overwrite=True``; ``--overwrite`` on the command lines, which say so in those words).
+
+    Arguments:
+        path: the output.
+
+    Example:
+        >>> str(OutputExistsError("out.h5"))
+        'out.h5 already exists (overwrite=True replaces it)'
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        super().__init__(f"{self.path} already exists (overwrite=True replaces it)")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
@@ -339,8 +357,7 @@ def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Ite
     """
     target = Path(path)
     if target.exists() and not overwrite:
-        msg = f"{target} already exists (pass overwrite=True, or --overwrite on the command line)"
-        raise FileExistsError(msg)
+        raise OutputExistsError(target)
     directory = target.parent if str(target.parent) else Path(".")
     if not directory.is_dir():
         msg = f"cannot write {target}: directory {directory} does not exist"

@@ -47,6 +47,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from .datasets import OutputExistsError
 from .detector import DEFAULT_DETECTOR, PARTICLES, ConditionRanges, Detector
 
 __all__ = (
@@ -661,8 +662,7 @@ def save(
 
     target = Path(directory)
     if target.exists() and not overwrite:
-        msg = f"{target} already exists (pass overwrite=True to replace it)"
-        raise FileExistsError(msg)
+        raise OutputExistsError(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     umask = os.umask(0)

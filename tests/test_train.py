@@ -155,7 +155,7 @@ def test_cli_train_and_export(tmp_path: Path, data_dir: Path, capsys: pytest.Cap
     with pytest.raises(SystemExit) as exit_info:
         cli.main(argv)
     assert exit_info.value.code == 2
-    assert "already exists (pass --overwrite" in capsys.readouterr().err
+    assert f"error: {export} already exists (--overwrite replaces it)" in capsys.readouterr().err
     bad = tmp_path / "bad.toml"
     bad.write_text("[model]\nkind = 'rnn'\n")
     with pytest.raises(SystemExit):
