@@ -121,13 +121,13 @@ def test_report_files_and_cli(tmp_path: Path, samples, capsys: pytest.CaptureFix
     assert "%|" not in capsys.readouterr().err  # no bars
     # thresholds from a TOML file reach metrics.json and the verdicts
     (tmp_path / "strict.toml").write_text("fpd_max = -1.0\nn_sigma = 0\n")
-    assert validate_main([*args, "--no-classifier", "--no-progress", "--thresholds", str(tmp_path / "strict.toml")]) == 0
+    assert validate_main([*args, "--no-classifier", "--no-progress", "--thresholds", str(tmp_path / "strict.toml"), "--overwrite"]) == 0
     strict = json.loads((tmp_path / "fast" / "metrics.json").read_text())
     assert strict["thresholds"]["fpd_max"] == -1.0 and strict["thresholds"]["auc_low_max"] == 0.6
     assert [c["passed"] for c in strict["summary"] if c["name"] == "fpd"] == [False]
     (tmp_path / "bad.toml").write_text("fdp_max = 0.1\n")
     with pytest.raises(SystemExit) as info:
-        validate_main([*args, "--thresholds", str(tmp_path / "bad.toml")])
+        validate_main([*args, "--thresholds", str(tmp_path / "bad.toml"), "--overwrite"])
     assert info.value.code == 2
     assert "bad.toml: unknown key(s) ['fdp_max'] (did you mean 'fpd_max'?); valid keys are" in capsys.readouterr().err
 

@@ -42,7 +42,7 @@ from .classifier import ClassifierResult, classifier_auc
 from .metrics import diversity, fpd, kpd, separation_power, wasserstein_1
 from .thresholds import Check, Thresholds
 
-__all__ = ("EnergyPointMetrics", "Report", "compare", "per_energy")
+__all__ = ("REPORT_FORMAT", "EnergyPointMetrics", "Report", "check_report_directory", "compare", "per_energy", "report_directory_problem")
 
 
 @dataclass(frozen=True)
@@ -165,16 +165,35 @@ class Report:
             "timings_s": self.timings,
         }
 
-    def write(self, directory: str | os.PathLike[str], *, overwrite: bool = True, progress: bool = False) -> Path:
-        """Write PNGs, ``metrics.json`` and ``index.html`` into ``directory`` (replaced as a whole).
+    def write(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        keep: Sequence[str | os.PathLike[str]] = (),
+        progress: bool = False,
+    ) -> Path:
+        """Write PNGs, ``metrics.json`` and ``index.html`` into a new ``directory``.
+
+        The report is written into a temporary directory beside ``directory`` and renamed into
+        place, so a reader never sees half a report; the directory and its files get the modes
+        the umask allows (``0o777 & ~umask``, ``0o666 & ~umask``). An existing ``directory`` is
+        refused unless ``overwrite`` is true, and even then it is replaced only if it is a
+        fastcalo report (:func:`report_directory_problem`: its ``metrics.json`` says so and it
+        holds nothing a report does not write), and never if it is or contains the current
+        directory, an input of the report (:attr:`sources`) or a path in ``keep``.
 
         Arguments:
-            directory: the report directory; written beside it first, then renamed into place.
-            overwrite: replace an existing directory (else FileExistsError).
+            directory: the report directory.
+            overwrite: replace an existing report there (else FileExistsError).
+            keep: more paths that must survive (the CLI passes its thresholds file).
             progress: a progress bar over the plots.
 
         Returns:
             The directory.
+
+        Raises:
+            FileExistsError: ``directory`` exists and may not be replaced; the message says why.
         """
         import matplotlib.pyplot as plt
         from tqdm.auto import tqdm
@@ -182,13 +201,14 @@ class Report:
         from . import plots
 
         target = Path(directory)
-        if target.exists() and not overwrite:
-            msg = f"{target} already exists (pass overwrite=True)"
-            raise FileExistsError(msg)
+        check_report_directory(target, overwrite=overwrite, keep=[*self.sources, *keep])
         parent = target.parent if str(target.parent) else Path(".")
         parent.mkdir(parents=True, exist_ok=True)
+        umask = os.umask(0)
+        os.umask(umask)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=parent))
         try:
+            tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a report is as shareable as any directory
             figures: list[tuple[str, str]] = []
             bar = tqdm(total=3 + len(obs.FEATURES), desc="plots", unit="plot", disable=not progress)
 
@@ -205,11 +225,13 @@ class Report:
                 for name in obs.FEATURES:
                     caption = name + (f" (separation power {self.separation_power[name]:.4f})" if name in self.separation_power else "")
                     save(plots.draw_overlay([h[name] for h in self.histograms], self.labels), f"feature_{name}.png", caption)
-            (tmp / "metrics.json").write_text(json.dumps(self.metrics(), indent=2))
+            files = [name for name, _ in figures] + ["metrics.json", "index.html"]
+            metrics = {"format": REPORT_FORMAT, "report_files": files, **self.metrics()}
+            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
             (tmp / "index.html").write_text(self._html(figures))
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
+            for name in files:
+                (tmp / name).chmod(0o666 & ~umask)
+            _replace(tmp, target)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp)
@@ -315,6 +337,111 @@ class Report:
             + self._per_energy_html()
             + f"<h2>Plots</h2>{images}</body></html>"
         )
+
+
+#: ``metrics.json``'s ``"format"``: what marks a directory as a report that ``overwrite`` may replace.
+REPORT_FORMAT = "fastcalo-validation-report"
+#: What a report writes (reports from before the ``"report_files"`` list are checked against these).
+_REPORT_FILES = frozenset(
+    {"index.html", "metrics.json", "response_vs_energy.png", "mean_image.png", "cell_spectrum.png"}
+    | {f"feature_{name}.png" for name in obs.FEATURES}
+)
+
+
+def report_directory_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` is not a fastcalo report that may be replaced, or None if it is one.
+
+    A report is a real directory (not a symbolic link) whose ``metrics.json`` is a JSON object
+    with ``"format": "fastcalo-validation-report"`` (or, from reports written before that key,
+    with ``"labels"``, ``"summary"`` and ``"thresholds"``), and which holds only plain files that
+    the report wrote (its ``"report_files"``, or the fixed names of older reports). An empty
+    directory holds nothing to lose and counts as one.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> report_directory_problem(d) is None  # empty
+        True
+        >>> _ = (d / "notes.txt").write_text("mine")
+        >>> report_directory_problem(d)
+        'it has no metrics.json'
+    """
+    path = Path(path)
+    if path.is_symlink():
+        return "it is a symbolic link"
+    if not path.is_dir():
+        return "it is not a directory"
+    entries = sorted(path.iterdir())
+    if not entries:
+        return None
+    meta_path = path / "metrics.json"
+    if not meta_path.is_file():
+        return "it has no metrics.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return "its metrics.json is not valid JSON"
+    if not isinstance(meta, dict):
+        return "its metrics.json is not a fastcalo report's"
+    if meta.get("format") == REPORT_FORMAT:
+        listed = meta.get("report_files")
+        written = frozenset(str(x) for x in listed) if isinstance(listed, list) else _REPORT_FILES
+    elif "format" not in meta and {"labels", "summary", "thresholds"} <= set(meta):
+        written = _REPORT_FILES
+    else:
+        return f"its metrics.json has no \"format\": \"{REPORT_FORMAT}\""
+    foreign = [p.name + ("/" if p.is_dir() else "") for p in entries if p.name not in written or p.is_symlink() or not p.is_file()]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        return f"it holds what a report does not write: {shown}"
+    return None
+
+
+def check_report_directory(
+    directory: str | os.PathLike[str], *, overwrite: bool = False, keep: Sequence[str | os.PathLike[str]] = ()
+) -> None:
+    """Raise FileExistsError if :meth:`Report.write` may not write ``directory``: it exists and is
+    (or contains) the current directory, is or holds a path of ``keep`` (the inputs), is not a
+    fastcalo report (:func:`report_directory_problem`), or is one but ``overwrite`` is false.
+    The CLI calls it before reading anything, so that a refusal comes first, not after the work.
+    """
+    target = Path(directory)
+    if not (target.exists() or target.is_symlink()):
+        return
+    here = target.resolve()
+    cwd = Path.cwd().resolve()
+    if here == cwd or here in cwd.parents:
+        msg = f"{target}: refusing to replace the current directory or one that contains it; choose a new directory (e.g. {target / 'report'})"
+        raise FileExistsError(msg)
+    for item in keep:
+        for candidate in {Path(os.path.abspath(item)), Path(item).resolve()}:
+            if candidate == here or here in candidate.parents:
+                what = "is" if candidate == here else "holds"
+                msg = f"{target} {what} an input of this report ({item}); refusing to replace it: choose another output directory"
+                raise FileExistsError(msg)
+    problem = report_directory_problem(target)
+    if problem is not None:
+        msg = f"{target} already exists and is not a fastcalo report ({problem}); refusing to replace it: choose another output directory"
+        raise FileExistsError(msg)
+    if not overwrite:
+        msg = f"{target} already exists (a fastcalo report); pass --overwrite (overwrite=True) to replace it"
+        raise FileExistsError(msg)
+
+
+def _replace(new: Path, target: Path) -> None:
+    """Rename ``new`` to ``target``; an existing ``target`` (checked by :func:`check_report_directory`) is
+    first renamed aside and removed only once ``new`` is in place, and restored on failure."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+    os.replace(target, old)  # onto the empty directory mkdtemp made
+    try:
+        os.replace(new, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old)
 
 
 def _worst(values: dict[str, float]) -> str:
@@ -460,9 +587,8 @@ def compare(
         names = list(labels[: len(inputs)])
     sources = [str(x) for x in inputs if isinstance(x, (str, os.PathLike))]
     paths = [Path(x) for x in inputs if isinstance(x, (str, os.PathLike))]
-    if len(paths) == 2 and paths[0] == paths[1]:
-        msg = f"{paths[0]} is given as both the reference and the generated sample"
-        raise ValueError(msg)
+    if len(paths) == 2:
+        _inputs.check_distinct_files(paths[0], paths[1])
     if paths:
         from ..datasets import metadata
 
@@ -481,6 +607,7 @@ def compare(
         _inputs.check_sample(sample, str(x) if isinstance(x, (str, os.PathLike)) else name, detector)
     where = [str(x) if isinstance(x, (str, os.PathLike)) else name for x, name in zip(inputs, names)]
     if len(samples) == 2:
+        _inputs.check_distinct_samples(samples[0], samples[1], (where[0], where[1]))
         _inputs.check_conditions(samples[0], samples[1], (where[0], where[1]))
 
     with _timed(timings, "features"):
