@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import itertools
 import json
 import os
 import shutil
@@ -35,7 +36,7 @@ import hist
 import numpy as np
 
 from ..datasets import ShowerData
-from ..detector import DEFAULT_DETECTOR, Detector
+from ..detector import DEFAULT_DETECTOR, PARTICLES, Detector
 from . import _inputs
 from . import observables as obs
 from .classifier import ClassifierResult, classifier_auc
@@ -91,6 +92,8 @@ class Report:
     detector: Detector = DEFAULT_DETECTOR
     #: the files compared, when compare() read them.
     sources: list[str] = field(default_factory=list)
+    #: what each sample holds, in words: particles, incident energies, number of showers.
+    descriptions: list[str] = field(default_factory=list)
     #: wall time of each step of compare(), seconds.
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -122,7 +125,7 @@ class Report:
             checks.append(Check("separation_power", description, self.separation_power[worst], high=t.separation_power_max, detail=worst))
         if self.wasserstein_scaled:
             worst = _worst(self.wasserstein_scaled)
-            description = "largest Wasserstein-1 / σ_ref of a feature"
+            description = "largest Wasserstein-1 / σ_ref (features, cell spectrum)"
             checks.append(Check("wasserstein", description, self.wasserstein_scaled[worst], high=t.wasserstein_max, detail=worst))
         pairs = _matched_response(*self.response) if len(self.response) == 2 else []
         for name, description, bound, of in (
@@ -140,12 +143,47 @@ class Report:
                 checks.append(Check(name, description, value, high=bound, error=error, n_sigma=ns, detail=f"E = {_energy_text(row)} GeV"))
         return checks
 
+    def roles(self) -> list[str]:
+        """The labels with the part each sample plays: "reference: heldout.h5", "generated: showers.root"."""
+        return [f"{role}: {label}" for role, label in zip(("reference", "generated"), self.labels)]
+
+    def conclusion(self) -> str:
+        """One sentence from the summary: how many checks pass, which fail, and what the classifier
+        says (the strongest single test), e.g. "The generated showers pass 5 of 12 checks (failing:
+        ...); the classifier separates them from the reference (AUC 0.95 > 0.6): not yet
+        indistinguishable."
+        """
+        if len(self.labels) == 1:
+            return f"One sample ({self.roles()[0]}): its distributions and energy response, no comparison."
+        checks = self.summary()
+        failed = [c.name for c in checks if not c.passed]
+        if not failed:
+            first = f"The generated showers pass all {len(checks)} checks"
+        else:
+            first = f"The generated showers pass {len(checks) - len(failed)} of {len(checks)} checks (failing: {', '.join(failed)})"
+        aucs = [c for c in checks if c.name.startswith("auc_")]
+        if not aucs:
+            return f"{first}; no classifier was trained (--no-classifier), so the most sensitive test is missing."
+        worst = max(aucs, key=lambda c: c.value if np.isfinite(c.value) else np.inf)
+        inputs = worst.name.removeprefix("auc_")
+        if not all(c.passed for c in aucs):
+            return (
+                f"{first}; the classifier separates them from the reference (AUC {_number(worst.value, '.2f')} on "
+                f"{inputs}-level inputs, threshold {worst.high:g}): not yet indistinguishable."
+            )
+        auc = _number(worst.value, ".2f")
+        if failed:
+            return f"{first}; the classifier does not tell them from the reference (AUC {auc}), but the failing checks show differences."
+        return f"{first}; the classifier does not tell them from the reference (AUC {auc}): compatible with the reference at these sample sizes."
+
     def metrics(self) -> dict[str, object]:
         """Everything numeric, JSON-ready."""
         checks = self.summary()
         return {
             "labels": self.labels,
             "files": self.sources,
+            "samples": self.descriptions,
+            "conclusion": self.conclusion(),
             "n_showers": [int(h["response"].sum(flow=True).value) for h in self.histograms],
             "summary": [c.to_dict() for c in checks],
             "passed": sum(c.passed for c in checks),
@@ -218,13 +256,13 @@ class Report:
                 figures.append((name, caption))
                 bar.update()
 
+            labels = self.roles()
             with bar:
-                save(plots.draw_response(self.response, self.labels), "response_vs_energy.png", "Energy response and resolution")
-                save(plots.draw_mean_image(self.mean_images, self.labels, self.detector.cell_edges), "mean_image.png", "Mean image")
-                save(plots.draw_overlay(self.cell_spectra, self.labels, log_y=True), "cell_spectrum.png", "Cell energy spectrum")
+                save(plots.draw_response(self.response, labels), "response_vs_energy.png", "Energy response and resolution")
+                save(plots.draw_mean_image(self.mean_images, labels, self.detector.cell_edges), "mean_image.png", "Mean image")
+                save(plots.draw_overlay(self.cell_spectra, labels, log_y=True), "cell_spectrum.png", self._caption("cell_spectrum", "Cell energy spectrum"))
                 for name in obs.FEATURES:
-                    caption = name + (f" (separation power {self.separation_power[name]:.4f})" if name in self.separation_power else "")
-                    save(plots.draw_overlay([h[name] for h in self.histograms], self.labels), f"feature_{name}.png", caption)
+                    save(plots.draw_overlay([h[name] for h in self.histograms], labels), f"feature_{name}.png", self._caption(name, name))
             files = [name for name, _ in figures] + ["metrics.json", "index.html"]
             metrics = {"format": REPORT_FORMAT, "report_files": files, **self.metrics()}
             (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -237,13 +275,22 @@ class Report:
                 shutil.rmtree(tmp)
         return target
 
+    def _caption(self, name: str, title: str) -> str:
+        if name not in self.separation_power:
+            return title
+        unit = " GeV" if name == "cell_spectrum" else ""
+        return (
+            f"{title} (separation power {_number(self.separation_power[name], '.4f')}, "
+            f"Wasserstein-1 {_number(self.wasserstein.get(name, float('nan')), '.3g')}{unit})"
+        )
+
     def _summary_html(self) -> str:
         checks = self.summary()
         if not checks:
             return ""
         rows = []
         for c in checks:
-            value = f"{c.value:.4g}" + (f" ± {c.error:.2g}" if c.error is not None and np.isfinite(c.error) else "")
+            value = _number(c.value, ".4g") + (f" ± {c.error:.2g}" if c.error is not None and np.isfinite(c.error) else "")
             verdict = "<td class='pass'>PASS</td>" if c.passed else "<td class='fail'>FAIL</td>"
             rows.append(
                 f"<tr><td>{html.escape(c.description)}</td><td>{value}</td><td>{html.escape(c.bound)}</td>{verdict}"
@@ -272,14 +319,18 @@ class Report:
                     value = getattr(p, values)[name]
                     limit = max(self.thresholds.separation_power_max, 3 * p.separation_floor.get(name, 0.0))
                     flag = " class='fail'" if values == "separation_power" and not value <= limit else ""
-                    cells.append(f"<td{flag}>{value:.3g}</td>")
+                    cells.append(f"<td{flag}>{_number(value, '.3g')}</td>")
                 rows.append(f"<tr><td>{p.energy}</td><td>{p.n_reference} / {p.n_generated}</td>{''.join(cells)}</tr>")
             return f"<table>{head}{''.join(rows)}</table>"
 
+        smallest = max(self.per_energy, key=lambda p: 1 / p.n_reference + 1 / p.n_generated)
+        example = 50 * (1 / smallest.n_reference + 1 / smallest.n_generated) / 4
         return (
             "<h2>Per energy point: separation power</h2><p class='note'>The statistical floor at a point is about "
-            "B (1/N<sub>ref</sub> + 1/N<sub>gen</sub>) / 4 for B filled bins (0.07 for 50 bins and 2 x 350 showers); "
-            "values above both the separation-power threshold and three times their floor are marked.</p>"
+            "B (1/N<sub>ref</sub> + 1/N<sub>gen</sub>) / 4 for B filled bins: here, for 50 bins at the point with the "
+            f"fewest showers (E = {smallest.energy} GeV, {smallest.n_reference} reference and {smallest.n_generated} "
+            f"generated showers), {example:.2g}. Values above both the separation-power threshold and three times "
+            "their floor are marked; n/a: a sample has no finite value of the feature there.</p>"
             + table("separation_power")
             + "<h2>Per energy point: Wasserstein-1 (units of the feature)</h2>"
             + table("wasserstein")
@@ -287,15 +338,16 @@ class Report:
 
     def _html(self, figures: list[tuple[str, str]]) -> str:
         rows = []
-        for label, table in zip(self.labels, self.response):
+        for label, table in zip(self.roles(), self.response):
             for r in table:
                 rows.append(
                     f"<tr><td>{html.escape(label)}</td><td>{_energy_text(r)}</td><td>{r.n}</td>"
-                    f"<td>{r.mean:.4f} ± {r.mean_error:.4f}</td><td>{r.resolution:.4f} ± {r.resolution_error:.4f}</td></tr>"
+                    f"<td>{_number(r.mean, '.4f')} ± {r.mean_error:.4f}</td>"
+                    f"<td>{_number(r.resolution, '.4f')} ± {r.resolution_error:.4f}</td></tr>"
                 )
         sep = "".join(
-            f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td><td>{self.wasserstein.get(k, float('nan')):.4g}</td>"
-            f"<td>{self.wasserstein_scaled.get(k, float('nan')):.3g}</td></tr>"
+            f"<tr><td>{html.escape(k)}</td><td>{_number(v, '.4f')}</td><td>{_number(self.wasserstein.get(k, float('nan')), '.4g')}</td>"
+            f"<td>{_number(self.wasserstein_scaled.get(k, float('nan')), '.3g')}</td></tr>"
             for k, v in self.separation_power.items()
         )
         auc = "".join(
@@ -305,26 +357,33 @@ class Report:
             f"<tr><td>{html.escape(r.inputs)}-level</td><td>{r.auc:.3f} ± {r.auc_std:.3f}</td><td>{len(r.aucs)}</td></tr>"
             for r in self.classifier
         ) + "".join(
-            f"<tr><td>{html.escape(k)}</td><td>{v:.3f}</td><td></td></tr>" for k, v in self.diversity.items()
+            f"<tr><td>{html.escape(k)}</td><td>{_number(v, '.3f')}</td><td></td></tr>" for k, v in self.diversity.items()
         )
         images = "".join(
-            f'<figure><img src="{name}" width="480"><figcaption>{html.escape(caption)}</figcaption></figure>'
+            f'<figure><img src="{name}" width="{1000 if name == "mean_image.png" else 480}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+            + ("<br>" if name == "mean_image.png" else "")
             for name, caption in figures
         )
-        files = "".join(f"<li>{html.escape(label)}: {html.escape(src)}</li>" for label, src in zip(self.labels, self.sources))
+        files = "".join(
+            f"<li><b>{html.escape(role)}</b>" + (f" ({html.escape(src)})" if src and not role.endswith(f": {src}") else "") + (f": {html.escape(about)}" if about else "") + "</li>"
+            for role, src, about in itertools.zip_longest(self.roles(), self.sources, self.descriptions, fillvalue="")
+        )
         return (
             "<!doctype html><html><head><meta charset='utf-8'><title>fastcalo validation</title>"
-            "<style>body{font-family:sans-serif} figure{display:inline-block;margin:6px} "
+            "<style>body{font-family:sans-serif} figure{display:inline-block;margin:6px} img{max-width:100%;height:auto} "
+            ".conclusion{font-size:120%;font-weight:bold} "
             "td,th{padding:2px 8px;border-bottom:1px solid #ddd} .pass{background:#c8f0c8;font-weight:bold} "
             ".fail{background:#f6c0c0;font-weight:bold} .note{color:#555;font-size:90%}</style></head><body>"
-            f"<h1>fastcalo validation: {' vs '.join(html.escape(x) for x in self.labels)}</h1>"
+            f"<h1>fastcalo validation: {' against '.join(html.escape(x) for x in reversed(self.roles()))}</h1>"
+            f"<p class='conclusion'>{html.escape(self.conclusion())}</p>"
             + (f"<ul>{files}</ul>" if files else "")
             + self._summary_html()
             + "<h2>Energy response</h2><table><tr><th>sample</th><th>E [GeV]</th><th>N</th>"
             "<th>mean E<sub>dep</sub>/E<sub>inc</sub></th><th>σ/μ</th></tr>" + "".join(rows) + "</table>"
             + (
                 "<h2>Distances</h2><table><tr><th>observable</th><th>separation power</th>"
-                f"<th>Wasserstein-1 (units of the observable)</th><th>Wasserstein-1 / σ<sub>ref</sub></th></tr>{sep}</table>"
+                f"<th>Wasserstein-1 (units of the observable; GeV for the cell spectrum)</th><th>Wasserstein-1 / σ<sub>ref</sub></th></tr>{sep}</table>"
+                "<p class='note'>n/a: not computable (a sample has no finite value).</p>"
                 if sep
                 else ""
             )
@@ -442,6 +501,25 @@ def _replace(new: Path, target: Path) -> None:
         os.replace(old, target)
         raise
     shutil.rmtree(old)
+
+
+def _number(value: float, spec: str) -> str:
+    """``value`` formatted, or "n/a" when it is not a finite number (a metric that could not be computed)."""
+    return format(value, spec) if np.isfinite(value) else "n/a"
+
+
+def _describe(data: ShowerData) -> str:
+    """A sample in words: "photon, 2 and 20 GeV (2 energy points), 800 showers"."""
+    names = {pdgid: name for name, pdgid in PARTICLES.items()}
+    particles = ", ".join(names.get(int(p), f"pdgid {int(p)}") for p in np.unique(data.pdgid))
+    points = np.unique(data.energy)
+    if points.size <= 4:
+        energies = " and ".join(f"{e:g}" for e in points) + " GeV" + (f" ({points.size} energy points)" if points.size > 1 else "")
+    elif points.size <= 20:
+        energies = f"{points.min():g}–{points.max():g} GeV ({points.size} energy points)"
+    else:
+        energies = f"{points.min():.3g}–{points.max():.3g} GeV (continuous)"
+    return f"{particles}, {energies}, {len(data)} showers"
 
 
 def _worst(values: dict[str, float]) -> str:
@@ -624,6 +702,7 @@ def compare(
             thresholds=thresholds or Thresholds(),
             detector=detector,
             sources=sources,
+            descriptions=[_describe(s) for s in samples],
             timings=timings,
         )
     if len(samples) == 1:
@@ -632,9 +711,16 @@ def compare(
         report.separation_power = {name: _separation(histograms[0][name], histograms[1][name]) for name in obs.FEATURES}
         report.separation_power["cell_spectrum"] = _separation(report.cell_spectra[0], report.cell_spectra[1])
         report.wasserstein = {name: _wasserstein(feats[0][name], feats[1][name]) for name in obs.FEATURES}
+        cells = [s.images[s.images > 0].astype(np.float64) for s in samples]  # the values the cell spectrum shows
+        report.wasserstein["cell_spectrum"] = _wasserstein(*cells)
+        spreads = {name: float(np.nanstd(feats[0][name])) for name in obs.FEATURES}
+        spreads["cell_spectrum"] = float(np.std(cells[0])) if cells[0].size else float("nan")
         for name, value in report.wasserstein.items():
-            spread = float(np.nanstd(feats[0][name]))
-            report.wasserstein_scaled[name] = value / spread if spread > 0 else (0.0 if value == 0 else float("inf"))
+            spread = spreads[name]
+            if not (np.isfinite(value) and np.isfinite(spread)):
+                report.wasserstein_scaled[name] = float("nan")  # not computable: the summary fails it, the page says n/a
+            else:
+                report.wasserstein_scaled[name] = value / spread if spread > 0 else (0.0 if value == 0 else float("inf"))
     with _timed(timings, "per_energy"):
         report.per_energy = per_energy(feats[0], feats[1], samples[0].energy, samples[1].energy, groups, progress=progress)
     matrices = [np.column_stack([f[name] for name in obs.FEATURES] + [np.log10(s.energy)]) for f, s in zip(feats, samples)]
