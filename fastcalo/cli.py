@@ -395,7 +395,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from .validation import Thresholds, compare
+    from .validation.report import check_report_directory
 
+    inputs = [p for p in (args.reference, args.generated, args.thresholds) if p is not None]
+    check_report_directory(args.output, overwrite=args.overwrite, keep=inputs)  # refuse before the work, not after
     thresholds = Thresholds.from_toml(args.thresholds) if args.thresholds else Thresholds()
     report = compare(
         args.reference,
@@ -405,7 +408,7 @@ def _validate(args: argparse.Namespace) -> int:
         max_showers=args.max_showers,
         progress=not args.no_progress,
     )
-    path = report.write(args.output, progress=not args.no_progress)
+    path = report.write(args.output, overwrite=args.overwrite, keep=inputs, progress=not args.no_progress)
     checks = report.summary()
     if checks:
         failed = [c.name for c in checks if not c.passed]
@@ -423,7 +426,12 @@ def _validate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--reference", type=Path, required=True, help="reference showers (.root or .h5)")
     parser.add_argument("--generated", type=Path, help="showers to compare with the reference (.root or .h5)")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="report directory (replaced)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="the report directory, which must not exist (see --overwrite)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing report directory; only a fastcalo report is replaced, never the current directory or one holding an input",
+    )
     parser.add_argument("--max-showers", type=int, default=None, help="read at most this many showers per file")
     parser.add_argument("--no-classifier", action="store_true", help="skip the classifier AUC (the slowest step)")
     parser.add_argument(

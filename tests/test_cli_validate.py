@@ -6,6 +6,7 @@ Every case writes real ROOT (uproot) or HDF5 (h5py) files in tmp_path.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import h5py
@@ -158,5 +159,170 @@ def test_different_energies(reference: Path, tmp_path: Path, capsys: pytest.Capt
     assert f"{generated}: 33% of the showers have incident energies (50–50 GeV) that {reference} does not have" in err
 
 
-def test_same_file_twice(reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert f"{reference} is given as both the reference and the generated sample" in fails(reference, reference, tmp_path, capsys)
+def test_same_showers_twice(reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # the same file however it is written: as typed, relative, through a symbolic or a hard link
+    same = f"{reference} and {reference} are the same file: it is given as both the reference and the generated sample"
+    assert same in fails(reference, reference, tmp_path, capsys)
+    monkeypatch.chdir(tmp_path)
+    assert "are the same file" in fails(reference, Path("ref.h5"), tmp_path, capsys)
+    (tmp_path / "link.h5").symlink_to(reference)
+    assert "are the same file" in fails(reference, tmp_path / "link.h5", tmp_path, capsys)
+    (tmp_path / "hard.h5").hardlink_to(reference)
+    assert "are the same file" in fails(reference, tmp_path / "hard.h5", tmp_path, capsys)
+    # a copy: the same bytes
+    copy = tmp_path / "copy.h5"
+    copy.write_bytes(reference.read_bytes())
+    err = fails(reference, copy, tmp_path, capsys)
+    assert f"{reference} and {copy} have the same content (sha256 " in err and "both inputs are the same showers" in err
+    # the same showers converted to ROOT (GeV instead of MeV): other bytes, the same showers
+    converted = ds.write(ds.read(reference), tmp_path / "converted.root")
+    err = fails(reference, converted, tmp_path, capsys)
+    assert f"{reference} and {converted} hold the same 120 showers: both inputs are the same showers" in err
+    # and the same showers with one cell changed are a (nearly perfect) sample: accepted
+    data = ds.read(reference)
+    data.images[0, 12, 12] *= 1.01
+    changed = ds.write(data, tmp_path / "changed.root")
+    assert validate_main(["--reference", str(reference), "--generated", str(changed), "-o", "r", "--no-classifier", "--no-progress"]) == 0
+
+
+def test_negative_cells(reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = showers([2.0, 20.0], seed=1)
+    data.images[5, 0, 0] = -0.5  # -500 MeV in the HDF5 file
+    data.images[9, 1, 0] = -0.001
+    generated = ds.write(data, tmp_path / "gen.h5")
+    err = fails(reference, generated, tmp_path, capsys)
+    assert f"{generated}: 2 cell(s) with negative energy, the most negative -0.5 GeV; cell energies must be >= 0" in err
+
+
+def test_reference_mc_and_simulator_have_no_negative_cells(tmp_path: Path) -> None:
+    # check_sample refuses negative cells: what fastcalo itself produces must pass (both zero-suppress)
+    from fastcalo import Simulator, mc
+
+    cond = mc.sample_conditions(100, points=[1.0, 10.0], eta=(-0.5, 0.5), seed=3)  # 100 per point
+    path = tmp_path / "mc.h5"
+    mc.simulate_to_file(cond, path, seed=3, progress=False)
+    assert ds.read(path).images.min() >= 0.0
+    images = Simulator(device="cpu", seed=3).sample(energy=cond["energy"], eta=cond["eta"], particle=cond["pdgid"])
+    assert images.shape == (200, 24, 24) and images.min() >= 0.0 and images.max() > 0.0
+
+
+# --- the report directory: never destroy what fastcalo-validate did not write ---------------------
+
+
+def tree(path: Path) -> dict[str, bytes | None]:
+    """Every file (its bytes) and folder (None) under ``path``."""
+    return {str(p.relative_to(path)): (p.read_bytes() if p.is_file() else None) for p in sorted(path.rglob("*"))}
+
+
+def generated_beside(reference: Path) -> Path:
+    generated = reference.parent / "gen.root"
+    return generated if generated.exists() else ds.write(showers([2.0, 20.0], seed=1), generated)
+
+
+def validate(reference: Path, output: Path | str, *extra: str) -> int:
+    generated = generated_beside(reference)
+    args = ["--reference", str(reference), "--generated", str(generated), "-o", str(output), "--no-classifier", "--no-progress"]
+    return validate_main([*args, *extra])
+
+
+def refused(reference: Path, output: Path | str, capsys: pytest.CaptureFixture[str], *extra: str) -> str:
+    """Run fastcalo-validate, expect exit status 2 and no temporary directory left; return the error."""
+    generated_beside(reference)
+    parent = Path(output).resolve().parent
+    before = sorted(p.name for p in parent.iterdir())
+    with pytest.raises(SystemExit) as info:
+        validate(reference, output, *extra)
+    assert info.value.code == 2
+    assert sorted(p.name for p in parent.iterdir()) == before
+    err = capsys.readouterr().err
+    assert err.startswith("fastcalo-validate: error: ")
+    return err
+
+
+def test_a_users_directory_is_never_replaced(reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    mine = tmp_path / "mine"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "notes.txt").write_text("my notes")
+    (mine / "sub" / "data.csv").write_text("1,2,3")
+    before = tree(mine)
+    for extra in ((), ("--overwrite",)):
+        err = refused(reference, mine, capsys, *extra)
+        assert f"{mine} already exists and is not a fastcalo report (it has no metrics.json); refusing to replace it" in err
+        assert tree(mine) == before
+    # a report into which the user put a file of their own is no longer only a report
+    validate(reference, tmp_path / "report")
+    (tmp_path / "report" / "notes.txt").write_text("my notes on the report")
+    before = tree(tmp_path / "report")
+    err = refused(reference, tmp_path / "report", capsys, "--overwrite")
+    assert "is not a fastcalo report (it holds what a report does not write: notes.txt)" in err
+    assert tree(tmp_path / "report") == before
+    # nor is a file
+    (tmp_path / "file").write_text("x")
+    assert "is not a fastcalo report (it is not a directory)" in refused(reference, tmp_path / "file", capsys, "--overwrite")
+
+
+def test_the_current_directory_is_never_replaced(reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("my notes")
+    generated_beside(reference)
+    monkeypatch.chdir(work)
+    before = tree(tmp_path)
+    for output in (".", "..", str(work)):
+        for extra in ((), ("--overwrite",)):
+            err = refused(reference, output, capsys, *extra)
+            assert f"{output}: refusing to replace the current directory or one that contains it" in err
+    assert tree(tmp_path) == before
+    assert validate(reference, "report") == 0  # a new directory in it is fine
+    assert (work / "report" / "index.html").is_file() and (work / "notes.txt").read_text() == "my notes"
+
+
+def test_an_input_is_never_replaced(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    reference = ds.write(showers([2.0, 20.0]), inputs / "ref.h5")
+    generated_beside(reference)
+    before = tree(tmp_path)
+    err = refused(reference, inputs, capsys, "--overwrite")
+    assert f"{inputs} holds an input of this report ({reference}); refusing to replace it" in err
+    err = refused(reference, reference, capsys, "--overwrite")
+    assert f"{reference} is an input of this report ({reference}); refusing to replace it" in err
+    # the thresholds file counts as an input too
+    (inputs / "t.toml").write_text("n_sigma = 1\n")
+    after = tree(tmp_path)
+    assert "is an input of this report" in refused(reference, inputs / "t.toml", capsys, "--overwrite", "--thresholds", str(inputs / "t.toml"))
+    assert tree(tmp_path) == after and {k: v for k, v in after.items() if k in before} == before
+
+
+def test_a_previous_report_is_replaced_only_with_overwrite(reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "report"
+    assert validate(reference, out) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["format"] == "fastcalo-validation-report" and "index.html" in metrics["report_files"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(metrics["report_files"])
+    before = tree(out)
+    err = refused(reference, out, capsys)
+    assert f"{out} already exists (a fastcalo report); pass --overwrite (overwrite=True) to replace it" in err
+    assert tree(out) == before
+    assert validate(reference, out, "--overwrite", "--max-showers", "100") == 0
+    assert json.loads((out / "metrics.json").read_text())["n_showers"] == [100, 100]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gen.root", "ref.h5", "report"]  # nothing left beside it
+    # a report written before metrics.json had its "format" key is recognised by its keys and files
+    for key in ("format", "report_files"):
+        del metrics[key]
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    assert validate(reference, out, "--overwrite") == 0
+    assert json.loads((out / "metrics.json").read_text())["n_showers"] == [120, 120]
+
+
+def test_the_report_follows_the_umask(reference: Path, tmp_path: Path) -> None:
+    # mkdtemp makes a private directory whatever the umask: the report must not stay private
+    out = tmp_path / "report"
+    for umask, directory, file, extra in ((0o022, 0o755, 0o644, ()), (0o077, 0o700, 0o600, ("--overwrite",))):
+        previous = os.umask(umask)
+        try:
+            assert validate(reference, out, *extra) == 0
+        finally:
+            os.umask(previous)
+        assert oct(out.stat().st_mode & 0o777) == oct(directory)
+        assert {oct(p.stat().st_mode & 0o777) for p in out.iterdir()} == {oct(file)}

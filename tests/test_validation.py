@@ -121,13 +121,13 @@ def test_report_files_and_cli(tmp_path: Path, samples, capsys: pytest.CaptureFix
     assert "%|" not in capsys.readouterr().err  # no bars
     # thresholds from a TOML file reach metrics.json and the verdicts
     (tmp_path / "strict.toml").write_text("fpd_max = -1.0\nn_sigma = 0\n")
-    assert validate_main([*args, "--no-classifier", "--no-progress", "--thresholds", str(tmp_path / "strict.toml")]) == 0
+    assert validate_main([*args, "--no-classifier", "--no-progress", "--thresholds", str(tmp_path / "strict.toml"), "--overwrite"]) == 0
     strict = json.loads((tmp_path / "fast" / "metrics.json").read_text())
     assert strict["thresholds"]["fpd_max"] == -1.0 and strict["thresholds"]["auc_low_max"] == 0.6
     assert [c["passed"] for c in strict["summary"] if c["name"] == "fpd"] == [False]
     (tmp_path / "bad.toml").write_text("fdp_max = 0.1\n")
     with pytest.raises(SystemExit) as info:
-        validate_main([*args, "--thresholds", str(tmp_path / "bad.toml")])
+        validate_main([*args, "--thresholds", str(tmp_path / "bad.toml"), "--overwrite"])
     assert info.value.code == 2
     assert "bad.toml: unknown key(s) ['fdp_max'] (did you mean 'fpd_max'?); valid keys are" in capsys.readouterr().err
 
@@ -338,3 +338,67 @@ def test_progress_bars(samples, capsys: pytest.CaptureFixture[str]) -> None:
     classifier_auc(ref, other, inputs="high", hidden=(8,))
     fast_compare(ref, other)
     assert capsys.readouterr().err == ""
+
+
+def test_the_report_page_says_what_it_compares(tmp_path: Path, samples) -> None:
+    import re
+
+    from fastcalo.validation.classifier import ClassifierResult
+
+    ref, other = samples
+    paths = ds.write(ref, tmp_path / "heldout.h5"), ds.write(other, tmp_path / "showers.root")
+    report = fast_compare(*paths, thresholds=Thresholds(separation_power_max=0.2, wasserstein_max=0.3))
+    # the cell spectrum's Wasserstein-1 is computed (it was nan: never computed), in GeV
+    assert 0 <= report.wasserstein["cell_spectrum"] < 0.05 and np.isfinite(report.wasserstein_scaled["cell_spectrum"])
+    out = report.write(tmp_path / "report")
+    page = (out / "index.html").read_text()
+    metrics = json.loads((out / "metrics.json").read_text())
+    # which sample is which, with its particles and energies
+    assert "<h1>fastcalo validation: generated: showers.root against reference: heldout.h5</h1>" in page
+    assert metrics["samples"] == ["photon, 2 and 20 GeV (2 energy points), 300 showers"] * 2
+    assert f"<b>reference: heldout.h5</b> ({paths[0]}): photon, 2 and 20 GeV (2 energy points), 300 showers" in page
+    # one sentence at the top, from the summary's numbers
+    n, passed = len(report.summary()), sum(c.passed for c in report.summary())
+    assert metrics["conclusion"] == report.conclusion()
+    assert report.conclusion().startswith(f"The generated showers pass {'all ' + str(n) if passed == n else f'{passed} of {n}'} checks")
+    assert "no classifier was trained" in report.conclusion()
+    assert page.index(html_escape(report.conclusion())) < page.index("Summary: ")
+    # the per-energy note quotes this comparison's numbers, not a fixed example
+    assert "(E = 2 GeV, 150 reference and 150 generated showers), 0.17" in page and "350" not in page
+    # nothing prints as nan; the mean image is shown wide
+    assert not re.search(r"\bnan\b", page)
+    assert '<img src="mean_image.png" width="1000">' in page
+    report.wasserstein["width_x"] = float("nan")  # a metric that cannot be computed says so
+    assert "<td>width_x</td><td>" in (page := (report.write(tmp_path / "nan") / "index.html").read_text())
+    assert re.search(r"<td>width_x</td><td>[0-9.]+</td><td>n/a</td>", page)
+    # the classifier's verdict in the sentence
+    report.classifier = [ClassifierResult("low", (0.95, 0.94, 0.96), 300, 300)]
+    assert report.conclusion().endswith(
+        "the classifier separates them from the reference (AUC 0.95 on low-level inputs, threshold 0.6): not yet indistinguishable."
+    )
+    report.classifier = [ClassifierResult("low", (0.50, 0.51, 0.49), 300, 300)]
+    report.wasserstein["width_x"] = 0.0
+    assert "the classifier does not tell them from the reference (AUC 0.50)" in report.conclusion()
+
+
+def html_escape(text: str) -> str:
+    import html
+
+    return html.escape(text)
+
+
+def test_containment_axes_keep_the_lower_tail(samples) -> None:
+    ref, other = samples
+    # showers at 2 GeV leak: some hold less than half their energy in 3x3 cells (below the old axis)
+    feats = [observables.features(s) for s in samples]
+    assert min(np.nanmin(f["containment_3x3"]) for f in feats) < 0.5
+    hists = observables.feature_histograms(*feats)
+    for name in ("containment_3x3", "containment_5x5", "containment_7x7"):
+        axis = hists[0][name].axes[0]
+        bins, low, high = FIXED[name]
+        assert axis.edges[-1] == high == 1.0 and axis.edges[0] <= low and axis.widths[0] == pytest.approx((high - low) / bins)
+        for h in (hists[0][name], hists[1][name]):
+            assert h.values(flow=True)[0] == 0  # no underflow: every shower is on the axis
+
+
+FIXED = {name: binning for name, (_, binning) in observables.FEATURES.items() if binning is not None}

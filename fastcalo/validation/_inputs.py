@@ -8,6 +8,7 @@ sense (deposits of the order of the incident energy).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -20,7 +21,7 @@ from ..datasets import ShowerData
 from ..detector import Detector
 from . import observables as obs
 
-__all__ = ("check_conditions", "check_detectors", "check_sample", "read")
+__all__ = ("check_conditions", "check_detectors", "check_distinct_files", "check_distinct_samples", "check_sample", "read")
 
 #: Median E_dep / E_inc outside this range means the cells and the incident energy are not in the
 #: same unit (a factor 1000 between MeV and GeV): a real shower deposits about E_inc.
@@ -87,7 +88,8 @@ def check_detectors(described: Sequence[tuple[str, Mapping[str, object] | None]]
 
 def check_sample(data: ShowerData, label: str, detector: Detector) -> None:
     """Raise ValueError naming ``label`` for an empty sample, images of the wrong size, non-finite
-    values, or deposits that are not in the unit of the incident energy."""
+    values, negative cell energies (how many, and the most negative, in GeV), or deposits that are
+    not in the unit of the incident energy."""
     if len(data) == 0:
         msg = f"{label}: the dataset is empty"
         raise ValueError(msg)
@@ -95,6 +97,13 @@ def check_sample(data: ShowerData, label: str, detector: Detector) -> None:
         msg = f"{label}: expected {detector.n_cells}x{detector.n_cells} images, got {data.images.shape[1:]}"
         raise ValueError(msg)
     data.check(label)
+    negative = data.images < 0
+    if negative.any():
+        msg = (
+            f"{label}: {int(negative.sum())} cell(s) with negative energy, the most negative "
+            f"{float(data.images.min()):.4g} GeV; cell energies must be >= 0 (zero-suppressed deposits)"
+        )
+        raise ValueError(msg)
     response = float(np.median(data.images.sum(axis=(1, 2), dtype=np.float64) / data.energy))
     low, high = _RESPONSE_RANGE
     if response > high or 0 < response < low:
@@ -128,3 +137,59 @@ def check_conditions(reference: ShowerData, generated: ShowerData, labels: tuple
             f"that {labels[0]} does not have ({reference.energy.min():.3g}–{reference.energy.max():.3g} GeV)"
         )
         raise ValueError(msg)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_distinct_files(reference: str | os.PathLike[str], generated: str | os.PathLike[str]) -> None:
+    """Raise ValueError if the two paths are the same file (however written: relative, absolute,
+    through a symbolic or hard link) or two files with the same bytes (sha256, computed only when
+    the sizes are equal). A path that does not exist is left to the reader to report.
+
+    Example:
+        >>> import tempfile, pathlib, shutil
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (d / "a.h5").write_bytes(b"showers")
+        >>> _ = shutil.copy(d / "a.h5", d / "b.h5")
+        >>> check_distinct_files(d / "a.h5", d / "b.h5")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: .../a.h5 and .../b.h5 have the same content (sha256 ...): both inputs are the same showers
+    """
+    a, b = Path(reference), Path(generated)
+    if not (a.is_file() and b.is_file()):
+        return
+    if os.path.samefile(a, b):
+        msg = f"{a} and {b} are the same file: it is given as both the reference and the generated sample"
+        raise ValueError(msg)
+    if a.stat().st_size == b.stat().st_size and (digest := _sha256(a)) == _sha256(b):
+        msg = f"{a} and {b} have the same content (sha256 {digest[:16]}…): both inputs are the same showers"
+        raise ValueError(msg)
+
+
+def check_distinct_samples(reference: ShowerData, generated: ShowerData, labels: tuple[str, str]) -> None:
+    """Raise ValueError if the two samples hold the same showers: the same particles and incident
+    energies and the same cells to float rounding (1e-6 relative, so that a file converted from
+    HDF5 in MeV to ROOT in GeV still matches), in the same order. Such a comparison would pass
+    every check and prove nothing."""
+    same = (
+        len(reference) == len(generated)
+        and reference.images.shape == generated.images.shape
+        and np.array_equal(reference.pdgid, generated.pdgid)
+        and np.allclose(reference.energy, generated.energy, rtol=1e-6, atol=0.0)
+    )
+    if not same:
+        return
+    step = 10_000  # in blocks: two different samples differ in the first one
+    for start in range(0, len(reference), step):
+        a, b = reference.images[start : start + step], generated.images[start : start + step]
+        if not np.allclose(a, b, rtol=1e-6, atol=1e-12):
+            return
+    msg = f"{labels[0]} and {labels[1]} hold the same {len(reference)} showers: both inputs are the same showers"
+    raise ValueError(msg)

@@ -38,6 +38,8 @@ __all__ = (
 )
 
 #: High-level features: name -> (axis label, binning as (bins, low, high) or None for automatic).
+#: The containments' lower edges are where the axis starts when no shower lies below them; it
+#: reaches further down to show every shower (:func:`feature_histograms`).
 FEATURES: dict[str, tuple[str, tuple[int, float, float] | None]] = {
     "response": ("$E_{dep} / E_{inc}$", None),
     "n_cells": ("cells above threshold", None),
@@ -100,8 +102,22 @@ def features(data: ShowerData, detector: Detector = DEFAULT_DETECTOR) -> dict[st
     return result
 
 
+#: Fractions whose fixed axis ends at 1 but whose lower tail (leakage, a shower split between
+#: cells) reaches below the axis' lower edge: the axis is widened down to the data by whole bins
+#: of the same width (not below 0), so the plots show the tail instead of cutting it.
+_WIDENED_DOWN = ("containment_3x3", "containment_5x5", "containment_7x7")
+
+
 def _axis(name: str, values: list[np.ndarray]) -> hist.axis.Regular:
     label, binning = FEATURES[name]
+    if binning is not None and name in _WIDENED_DOWN:
+        bins, low, high = binning
+        finite = np.concatenate([v[np.isfinite(v)] for v in values])
+        lowest = float(finite.min()) if finite.size else low
+        if lowest < low:  # whole bins of the fixed width added below, at least one below the lowest value
+            width = (high - low) / bins
+            extra = min(int(np.floor((low - lowest) / width)) + 1, int(round(low / width)))  # not below 0
+            binning = (bins + extra, low - extra * width, high)
     if binning is None:
         finite = np.concatenate([v[np.isfinite(v)] for v in values])
         if name == "n_cells":  # integer counts: bins of a whole number of cells, at most 100
@@ -119,7 +135,16 @@ def feature_histograms(*datasets: dict[str, np.ndarray]) -> list[dict[str, Weigh
     """Histogram the features of one or more datasets on common axes (one dict per dataset).
 
     Non-finite values are left out; on the fixed axes of fractions, a value equal to the upper
-    edge (a shower contained entirely in 3x3 cells) is filled into the last bin.
+    edge (a shower contained entirely in 3x3 cells) is filled into the last bin. The containment
+    axes reach below the lowest value of the datasets (whole bins of the fixed width, not below
+    0), so that no lower tail is cut.
+
+    Example:
+        >>> low = {name: np.array([0.9, 0.95]) for name in FEATURES}
+        >>> low["containment_3x3"] = np.array([0.31, 0.95])  # one shower far below 0.5
+        >>> h = feature_histograms(low)[0]["containment_3x3"]
+        >>> round(float(h.axes[0].edges[0]), 9), h.axes[0].size, float(h.values(flow=True)[0])  # from 0.3, bins of 0.01, no underflow
+        (0.3, 70, 0.0)
     """
     out: list[dict[str, WeightHist]] = [{} for _ in datasets]
     for name in FEATURES:

@@ -35,34 +35,55 @@ def _style() -> None:
     plt.rcParams.update({"font.size": 14, "figure.dpi": 100, "savefig.dpi": 100})
 
 
+#: The ratio panel's axis reaches at most this far from 1 (a factor); points beyond are arrows at the edge.
+_RATIO_LIMITS = (0.0, 3.0)
+
+
+def _ratio_limits(ratios: Sequence[NDArray[np.float64]], errors: Sequence[NDArray[np.float64]]) -> tuple[float, float]:
+    """Vertical limits of the ratio panel from the data: the finite ratios measured to better than
+    +-1 (bins of a few showers do not set the scale), padded by 15 %, at least 0.9-1.1 and at most
+    :data:`_RATIO_LIMITS`."""
+    low, high = 0.9, 1.1
+    for r, e in zip(ratios, errors):
+        measured = r[np.isfinite(r) & (e < 1.0)]
+        low, high = min(low, float(np.min(measured, initial=low))), max(high, float(np.max(measured, initial=high)))
+    pad = 0.15 * (high - low)
+    return max(low - pad, _RATIO_LIMITS[0]), min(high + pad, _RATIO_LIMITS[1])
+
+
 def draw_overlay(
     histograms: Sequence[hist.Hist[hist.storage.Weight]], labels: Sequence[str], *, log_y: bool = False
 ) -> Figure:
-    """Unit-normalised overlay of 1D histograms with their statistical errors, and the ratio to
-    the first one (with its error band) in a lower panel when there are several.
+    """Unit-normalised overlay of 1D histograms with their statistical errors, and the ratio of
+    each to the first one in a lower panel when there are several.
+
+    The ratio panel's limits follow the data (every ratio with its error and the reference's
+    statistical band, within 0-3); a ratio beyond them, or a bin that the reference leaves empty
+    while another sample fills it, is an arrow at the edge, and the panel says how many there are.
 
     Arguments:
         histograms: 1D histograms on the same axis, with weight storage (as
             :mod:`fastcalo.validation.observables` fills them); the first is the reference.
-        labels: one per histogram, for the legend.
+        labels: one per histogram, for the legend (e.g. "reference: heldout.h5").
         log_y: a logarithmic vertical axis.
 
     Example:
         >>> import hist
         >>> h = hist.Hist(hist.axis.Regular(10, 0, 1, label="x"), storage=hist.storage.Weight()).fill([0.2, 0.5])
-        >>> fig = draw_overlay([h, h], ["a", "b"])
-        >>> len(fig.axes)  # the overlay and the ratio panel
-        2
+        >>> fig = draw_overlay([h, h], ["reference", "generated"])
+        >>> len(fig.axes), fig.axes[1].get_ylabel()  # the overlay and the ratio panel
+        (2, 'generated / reference')
         >>> plt.close(fig)
     """
     _style()
     ratio_panel = len(histograms) > 1
     fig, axes = plt.subplots(
         2 if ratio_panel else 1, 1, figsize=(7, 6.5 if ratio_panel else 5), sharex=True,
-        gridspec_kw={"height_ratios": [3, 1]} if ratio_panel else None, squeeze=False,
+        gridspec_kw={"height_ratios": [3, 1.3]} if ratio_panel else None, squeeze=False,
     )  # fmt: skip
     top = axes[0, 0]
     ref = histograms[0]
+    edges = ref.axes[0].edges
     widths = ref.axes[0].widths
     norms = []
     for h, label, colour in zip(histograms, labels, _COLOURS):
@@ -70,7 +91,7 @@ def draw_overlay(
         norm = total * widths if total > 0 else np.ones_like(widths)
         norms.append(norm)
         mplhep.histplot(
-            h.values() / norm, ref.axes[0].edges, yerr=np.sqrt(h.variances()) / norm, ax=top,
+            h.values() / norm, edges, yerr=np.sqrt(h.variances()) / norm, ax=top,
             label=f"{label} (N = {int(h.sum(flow=True).value)})", color=colour, histtype="step",
         )  # fmt: skip
     top.set_ylabel("normalised density")
@@ -79,24 +100,40 @@ def draw_overlay(
     top.legend(fontsize=11)
     if ref.axes[0].transform is not None:
         top.set_xscale("log")
-    if ratio_panel:
-        low = axes[1, 0]
-        ref_density = ref.values() / norms[0]
-        ref_error = np.sqrt(ref.variances()) / norms[0]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            band = ref_error / ref_density
-            low.fill_between(ref.axes[0].edges, np.append(1 - band, 1 - band[-1]), np.append(1 + band, 1 + band[-1]),
-                             step="post", color="grey", alpha=0.3, label="ref. stat.")  # fmt: skip
-            for h, norm, colour in zip(histograms[1:], norms[1:], _COLOURS[1:]):
-                ratio = (h.values() / norm) / ref_density
-                mplhep.histplot(ratio, ref.axes[0].edges, yerr=np.sqrt(h.variances()) / norm / ref_density,
-                                ax=low, color=colour, histtype="errorbar")  # fmt: skip
-        low.axhline(1.0, color="black", lw=0.8)
-        low.set_ylim(0.5, 1.5)
-        low.set_ylabel("ratio")
-        low.set_xlabel(ref.axes[0].label)
-    else:
+    if not ratio_panel:
         top.set_xlabel(ref.axes[0].label)
+        fig.tight_layout()
+        return fig
+    low = axes[1, 0]
+    centres = ref.axes[0].centers
+    ref_density = ref.values() / norms[0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        band = np.sqrt(ref.variances()) / norms[0] / ref_density
+        ratios = [(h.values() / norm) / ref_density for h, norm in zip(histograms[1:], norms[1:])]
+        errors = [np.sqrt(h.variances()) / norm / ref_density for h, norm in zip(histograms[1:], norms[1:])]
+    y_low, y_high = _ratio_limits(ratios, errors)
+    shown_band = np.where(np.isfinite(band), band, np.nan)
+    low.fill_between(edges, np.append(1 - shown_band, 1 - shown_band[-1]), np.append(1 + shown_band, 1 + shown_band[-1]),
+                     step="post", color="grey", alpha=0.3, label=f"{labels[0].split(':')[0]} stat. unc.")  # fmt: skip
+    span = y_high - y_low
+    outside = 0
+    for ratio, error, colour in zip(ratios, errors, _COLOURS[1:]):
+        inside = np.isfinite(ratio) & (ratio >= y_low) & (ratio <= y_high)
+        mplhep.histplot(np.where(inside, ratio, np.nan), edges, yerr=np.where(inside, error, 0.0), ax=low,
+                        color=colour, histtype="errorbar")  # fmt: skip
+        above = (ratio > y_high) | np.isposinf(ratio)  # inf: a bin the reference leaves empty
+        below = ratio < y_low
+        outside += int(above.sum() + below.sum())
+        low.plot(centres[above], np.full(above.sum(), y_high - 0.08 * span), "^", color=colour, ms=7)
+        low.plot(centres[below], np.full(below.sum(), y_low + 0.08 * span), "v", color=colour, ms=7)
+    if outside:  # said in the legend: a point beyond the axis is not silently dropped
+        low.plot([], [], "^", color="grey", ms=7, label=f"beyond the axis ({outside} bin{'s' if outside > 1 else ''})")
+    low.axhline(1.0, color="black", lw=0.8)
+    low.set_ylim(y_low, y_high)
+    low.legend(fontsize=10, loc="upper right", ncol=2, framealpha=0.8)
+    names = [label.split(":")[0] for label in labels]
+    low.set_ylabel(f"{names[1]} / {names[0]}" if len(histograms) == 2 else f"sample / {names[0]}", fontsize=12)
+    low.set_xlabel(ref.axes[0].label)
     fig.tight_layout()
     return fig
 
@@ -104,32 +141,56 @@ def draw_overlay(
 def draw_mean_image(
     images: Sequence[NDArray[np.floating[Any]]], labels: Sequence[str], edges: NDArray[np.float64]
 ) -> Figure:
-    """Mean images (log colour scale, GeV) side by side, and their ratio to the first.
+    """Mean images (log colour scale, GeV), one panel each, and for two samples their ratio and
+    their projections onto x, on a 2x2 grid (about 1000 px wide: show it at full width).
+
+    The ratio's colour range is symmetric around 1 and follows the data (the 98th percentile of
+    |ratio - 1| over the cells with at least 1e-4 of the brightest mean, within 0.05-1); cells
+    beyond it take the end colours (the colour bar's arrows).
 
     Arguments:
         images: (n, n) mean cell energies in GeV, one per dataset; the first is the reference.
-        labels: one per image.
+        labels: one per image (e.g. "reference: heldout.h5").
         edges: (n + 1,) cell edges in mm, the same in x and y (:attr:`fastcalo.detector.Detector.cell_edges`).
     """
     _style()
-    n = len(images) + (1 if len(images) > 1 else 0)
-    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 5), squeeze=False)
+    if len(images) == 1:
+        fig, axes = plt.subplots(1, 1, figsize=(6.5, 5.5), squeeze=False)
+        panels = [axes[0, 0]]
+    else:
+        fig, axes = plt.subplots(2, 2, figsize=(12, 10.5), squeeze=False)
+        panels = [axes[0, 0], axes[0, 1]]
     positive = np.concatenate([im[im > 0].ravel() for im in images])
     vmin, vmax = (positive.min(), positive.max()) if positive.size else (1e-6, 1.0)
-    for ax, image, label in zip(axes[0], images, labels):
+    for ax, image, label in zip(panels, images, labels):
         mesh = ax.pcolormesh(edges, edges, image.T, norm=LogNorm(vmin=max(vmin, vmax * 1e-6), vmax=vmax), cmap="viridis")
         ax.set_title(label, fontsize=13)
         ax.set_xlabel("x [mm]")
         ax.set_ylabel("y [mm]")
+        ax.set_aspect("equal")
         fig.colorbar(mesh, ax=ax, label="mean cell energy [GeV]")
     if len(images) > 1:
-        ax = axes[0, -1]
+        names = [label.split(":")[0] for label in labels]
+        ax = axes[1, 0]
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(images[0] > 0, images[1] / images[0], np.nan)
-        mesh = ax.pcolormesh(edges, edges, ratio.T, vmin=0.5, vmax=1.5, cmap="coolwarm")
-        ax.set_title(f"{labels[1]} / {labels[0]}", fontsize=13)
+        bright = np.isfinite(ratio) & (images[0] >= 1e-4 * vmax)
+        spread = float(np.quantile(np.abs(ratio[bright] - 1), 0.98)) if bright.any() else 0.5
+        spread = min(max(spread, 0.05), 1.0)
+        mesh = ax.pcolormesh(edges, edges, ratio.T, vmin=1 - spread, vmax=1 + spread, cmap="coolwarm")
+        ax.set_title(f"{names[1]} / {names[0]}", fontsize=13)
         ax.set_xlabel("x [mm]")
-        fig.colorbar(mesh, ax=ax, label="ratio")
+        ax.set_ylabel("y [mm]")
+        ax.set_aspect("equal")
+        fig.colorbar(mesh, ax=ax, label=f"ratio {names[1]} / {names[0]}", extend="both")
+        ax = axes[1, 1]
+        for image, label, colour in zip(images, labels, _COLOURS):
+            ax.stairs(image.sum(axis=1), edges, color=colour, label=label, lw=1.5)
+        ax.set_yscale("log")
+        ax.set_xlabel("x [mm]")
+        ax.set_ylabel("mean energy per column [GeV]")
+        ax.set_title("projection onto x", fontsize=13)
+        ax.legend(fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import itertools
 import json
 import os
 import shutil
@@ -35,14 +36,14 @@ import hist
 import numpy as np
 
 from ..datasets import ShowerData
-from ..detector import DEFAULT_DETECTOR, Detector
+from ..detector import DEFAULT_DETECTOR, PARTICLES, Detector
 from . import _inputs
 from . import observables as obs
 from .classifier import ClassifierResult, classifier_auc
 from .metrics import diversity, fpd, kpd, separation_power, wasserstein_1
 from .thresholds import Check, Thresholds
 
-__all__ = ("EnergyPointMetrics", "Report", "compare", "per_energy")
+__all__ = ("REPORT_FORMAT", "EnergyPointMetrics", "Report", "check_report_directory", "compare", "per_energy", "report_directory_problem")
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ class Report:
     detector: Detector = DEFAULT_DETECTOR
     #: the files compared, when compare() read them.
     sources: list[str] = field(default_factory=list)
+    #: what each sample holds, in words: particles, incident energies, number of showers.
+    descriptions: list[str] = field(default_factory=list)
     #: wall time of each step of compare(), seconds.
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -122,7 +125,7 @@ class Report:
             checks.append(Check("separation_power", description, self.separation_power[worst], high=t.separation_power_max, detail=worst))
         if self.wasserstein_scaled:
             worst = _worst(self.wasserstein_scaled)
-            description = "largest Wasserstein-1 / σ_ref of a feature"
+            description = "largest Wasserstein-1 / σ_ref (features, cell spectrum)"
             checks.append(Check("wasserstein", description, self.wasserstein_scaled[worst], high=t.wasserstein_max, detail=worst))
         pairs = _matched_response(*self.response) if len(self.response) == 2 else []
         for name, description, bound, of in (
@@ -140,12 +143,47 @@ class Report:
                 checks.append(Check(name, description, value, high=bound, error=error, n_sigma=ns, detail=f"E = {_energy_text(row)} GeV"))
         return checks
 
+    def roles(self) -> list[str]:
+        """The labels with the part each sample plays: "reference: heldout.h5", "generated: showers.root"."""
+        return [f"{role}: {label}" for role, label in zip(("reference", "generated"), self.labels)]
+
+    def conclusion(self) -> str:
+        """One sentence from the summary: how many checks pass, which fail, and what the classifier
+        says (the strongest single test), e.g. "The generated showers pass 5 of 12 checks (failing:
+        ...); the classifier separates them from the reference (AUC 0.95 > 0.6): not yet
+        indistinguishable."
+        """
+        if len(self.labels) == 1:
+            return f"One sample ({self.roles()[0]}): its distributions and energy response, no comparison."
+        checks = self.summary()
+        failed = [c.name for c in checks if not c.passed]
+        if not failed:
+            first = f"The generated showers pass all {len(checks)} checks"
+        else:
+            first = f"The generated showers pass {len(checks) - len(failed)} of {len(checks)} checks (failing: {', '.join(failed)})"
+        aucs = [c for c in checks if c.name.startswith("auc_")]
+        if not aucs:
+            return f"{first}; no classifier was trained (--no-classifier), so the most sensitive test is missing."
+        worst = max(aucs, key=lambda c: c.value if np.isfinite(c.value) else np.inf)
+        inputs = worst.name.removeprefix("auc_")
+        if not all(c.passed for c in aucs):
+            return (
+                f"{first}; the classifier separates them from the reference (AUC {_number(worst.value, '.2f')} on "
+                f"{inputs}-level inputs, threshold {worst.high:g}): not yet indistinguishable."
+            )
+        auc = _number(worst.value, ".2f")
+        if failed:
+            return f"{first}; the classifier does not tell them from the reference (AUC {auc}), but the failing checks show differences."
+        return f"{first}; the classifier does not tell them from the reference (AUC {auc}): compatible with the reference at these sample sizes."
+
     def metrics(self) -> dict[str, object]:
         """Everything numeric, JSON-ready."""
         checks = self.summary()
         return {
             "labels": self.labels,
             "files": self.sources,
+            "samples": self.descriptions,
+            "conclusion": self.conclusion(),
             "n_showers": [int(h["response"].sum(flow=True).value) for h in self.histograms],
             "summary": [c.to_dict() for c in checks],
             "passed": sum(c.passed for c in checks),
@@ -165,16 +203,35 @@ class Report:
             "timings_s": self.timings,
         }
 
-    def write(self, directory: str | os.PathLike[str], *, overwrite: bool = True, progress: bool = False) -> Path:
-        """Write PNGs, ``metrics.json`` and ``index.html`` into ``directory`` (replaced as a whole).
+    def write(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        keep: Sequence[str | os.PathLike[str]] = (),
+        progress: bool = False,
+    ) -> Path:
+        """Write PNGs, ``metrics.json`` and ``index.html`` into a new ``directory``.
+
+        The report is written into a temporary directory beside ``directory`` and renamed into
+        place, so a reader never sees half a report; the directory and its files get the modes
+        the umask allows (``0o777 & ~umask``, ``0o666 & ~umask``). An existing ``directory`` is
+        refused unless ``overwrite`` is true, and even then it is replaced only if it is a
+        fastcalo report (:func:`report_directory_problem`: its ``metrics.json`` says so and it
+        holds nothing a report does not write), and never if it is or contains the current
+        directory, an input of the report (:attr:`sources`) or a path in ``keep``.
 
         Arguments:
-            directory: the report directory; written beside it first, then renamed into place.
-            overwrite: replace an existing directory (else FileExistsError).
+            directory: the report directory.
+            overwrite: replace an existing report there (else FileExistsError).
+            keep: more paths that must survive (the CLI passes its thresholds file).
             progress: a progress bar over the plots.
 
         Returns:
             The directory.
+
+        Raises:
+            FileExistsError: ``directory`` exists and may not be replaced; the message says why.
         """
         import matplotlib.pyplot as plt
         from tqdm.auto import tqdm
@@ -182,13 +239,14 @@ class Report:
         from . import plots
 
         target = Path(directory)
-        if target.exists() and not overwrite:
-            msg = f"{target} already exists (pass overwrite=True)"
-            raise FileExistsError(msg)
+        check_report_directory(target, overwrite=overwrite, keep=[*self.sources, *keep])
         parent = target.parent if str(target.parent) else Path(".")
         parent.mkdir(parents=True, exist_ok=True)
+        umask = os.umask(0)
+        os.umask(umask)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=parent))
         try:
+            tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a report is as shareable as any directory
             figures: list[tuple[str, str]] = []
             bar = tqdm(total=3 + len(obs.FEATURES), desc="plots", unit="plot", disable=not progress)
 
@@ -198,22 +256,33 @@ class Report:
                 figures.append((name, caption))
                 bar.update()
 
+            labels = self.roles()
             with bar:
-                save(plots.draw_response(self.response, self.labels), "response_vs_energy.png", "Energy response and resolution")
-                save(plots.draw_mean_image(self.mean_images, self.labels, self.detector.cell_edges), "mean_image.png", "Mean image")
-                save(plots.draw_overlay(self.cell_spectra, self.labels, log_y=True), "cell_spectrum.png", "Cell energy spectrum")
+                save(plots.draw_response(self.response, labels), "response_vs_energy.png", "Energy response and resolution")
+                save(plots.draw_mean_image(self.mean_images, labels, self.detector.cell_edges), "mean_image.png", "Mean image")
+                save(plots.draw_overlay(self.cell_spectra, labels, log_y=True), "cell_spectrum.png", self._caption("cell_spectrum", "Cell energy spectrum"))
                 for name in obs.FEATURES:
-                    caption = name + (f" (separation power {self.separation_power[name]:.4f})" if name in self.separation_power else "")
-                    save(plots.draw_overlay([h[name] for h in self.histograms], self.labels), f"feature_{name}.png", caption)
-            (tmp / "metrics.json").write_text(json.dumps(self.metrics(), indent=2))
+                    save(plots.draw_overlay([h[name] for h in self.histograms], labels), f"feature_{name}.png", self._caption(name, name))
+            files = [name for name, _ in figures] + ["metrics.json", "index.html"]
+            metrics = {"format": REPORT_FORMAT, "report_files": files, **self.metrics()}
+            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
             (tmp / "index.html").write_text(self._html(figures))
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
+            for name in files:
+                (tmp / name).chmod(0o666 & ~umask)
+            _replace(tmp, target)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp)
         return target
+
+    def _caption(self, name: str, title: str) -> str:
+        if name not in self.separation_power:
+            return title
+        unit = " GeV" if name == "cell_spectrum" else ""
+        return (
+            f"{title} (separation power {_number(self.separation_power[name], '.4f')}, "
+            f"Wasserstein-1 {_number(self.wasserstein.get(name, float('nan')), '.3g')}{unit})"
+        )
 
     def _summary_html(self) -> str:
         checks = self.summary()
@@ -221,7 +290,7 @@ class Report:
             return ""
         rows = []
         for c in checks:
-            value = f"{c.value:.4g}" + (f" ± {c.error:.2g}" if c.error is not None and np.isfinite(c.error) else "")
+            value = _number(c.value, ".4g") + (f" ± {c.error:.2g}" if c.error is not None and np.isfinite(c.error) else "")
             verdict = "<td class='pass'>PASS</td>" if c.passed else "<td class='fail'>FAIL</td>"
             rows.append(
                 f"<tr><td>{html.escape(c.description)}</td><td>{value}</td><td>{html.escape(c.bound)}</td>{verdict}"
@@ -250,14 +319,18 @@ class Report:
                     value = getattr(p, values)[name]
                     limit = max(self.thresholds.separation_power_max, 3 * p.separation_floor.get(name, 0.0))
                     flag = " class='fail'" if values == "separation_power" and not value <= limit else ""
-                    cells.append(f"<td{flag}>{value:.3g}</td>")
+                    cells.append(f"<td{flag}>{_number(value, '.3g')}</td>")
                 rows.append(f"<tr><td>{p.energy}</td><td>{p.n_reference} / {p.n_generated}</td>{''.join(cells)}</tr>")
             return f"<table>{head}{''.join(rows)}</table>"
 
+        smallest = max(self.per_energy, key=lambda p: 1 / p.n_reference + 1 / p.n_generated)
+        example = 50 * (1 / smallest.n_reference + 1 / smallest.n_generated) / 4
         return (
             "<h2>Per energy point: separation power</h2><p class='note'>The statistical floor at a point is about "
-            "B (1/N<sub>ref</sub> + 1/N<sub>gen</sub>) / 4 for B filled bins (0.07 for 50 bins and 2 x 350 showers); "
-            "values above both the separation-power threshold and three times their floor are marked.</p>"
+            "B (1/N<sub>ref</sub> + 1/N<sub>gen</sub>) / 4 for B filled bins: here, for 50 bins at the point with the "
+            f"fewest showers (E = {smallest.energy} GeV, {smallest.n_reference} reference and {smallest.n_generated} "
+            f"generated showers), {example:.2g}. Values above both the separation-power threshold and three times "
+            "their floor are marked; n/a: a sample has no finite value of the feature there.</p>"
             + table("separation_power")
             + "<h2>Per energy point: Wasserstein-1 (units of the feature)</h2>"
             + table("wasserstein")
@@ -265,15 +338,16 @@ class Report:
 
     def _html(self, figures: list[tuple[str, str]]) -> str:
         rows = []
-        for label, table in zip(self.labels, self.response):
+        for label, table in zip(self.roles(), self.response):
             for r in table:
                 rows.append(
                     f"<tr><td>{html.escape(label)}</td><td>{_energy_text(r)}</td><td>{r.n}</td>"
-                    f"<td>{r.mean:.4f} ± {r.mean_error:.4f}</td><td>{r.resolution:.4f} ± {r.resolution_error:.4f}</td></tr>"
+                    f"<td>{_number(r.mean, '.4f')} ± {r.mean_error:.4f}</td>"
+                    f"<td>{_number(r.resolution, '.4f')} ± {r.resolution_error:.4f}</td></tr>"
                 )
         sep = "".join(
-            f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td><td>{self.wasserstein.get(k, float('nan')):.4g}</td>"
-            f"<td>{self.wasserstein_scaled.get(k, float('nan')):.3g}</td></tr>"
+            f"<tr><td>{html.escape(k)}</td><td>{_number(v, '.4f')}</td><td>{_number(self.wasserstein.get(k, float('nan')), '.4g')}</td>"
+            f"<td>{_number(self.wasserstein_scaled.get(k, float('nan')), '.3g')}</td></tr>"
             for k, v in self.separation_power.items()
         )
         auc = "".join(
@@ -283,26 +357,33 @@ class Report:
             f"<tr><td>{html.escape(r.inputs)}-level</td><td>{r.auc:.3f} ± {r.auc_std:.3f}</td><td>{len(r.aucs)}</td></tr>"
             for r in self.classifier
         ) + "".join(
-            f"<tr><td>{html.escape(k)}</td><td>{v:.3f}</td><td></td></tr>" for k, v in self.diversity.items()
+            f"<tr><td>{html.escape(k)}</td><td>{_number(v, '.3f')}</td><td></td></tr>" for k, v in self.diversity.items()
         )
         images = "".join(
-            f'<figure><img src="{name}" width="480"><figcaption>{html.escape(caption)}</figcaption></figure>'
+            f'<figure><img src="{name}" width="{1000 if name == "mean_image.png" else 480}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+            + ("<br>" if name == "mean_image.png" else "")
             for name, caption in figures
         )
-        files = "".join(f"<li>{html.escape(label)}: {html.escape(src)}</li>" for label, src in zip(self.labels, self.sources))
+        files = "".join(
+            f"<li><b>{html.escape(role)}</b>" + (f" ({html.escape(src)})" if src and not role.endswith(f": {src}") else "") + (f": {html.escape(about)}" if about else "") + "</li>"
+            for role, src, about in itertools.zip_longest(self.roles(), self.sources, self.descriptions, fillvalue="")
+        )
         return (
             "<!doctype html><html><head><meta charset='utf-8'><title>fastcalo validation</title>"
-            "<style>body{font-family:sans-serif} figure{display:inline-block;margin:6px} "
+            "<style>body{font-family:sans-serif} figure{display:inline-block;margin:6px} img{max-width:100%;height:auto} "
+            ".conclusion{font-size:120%;font-weight:bold} "
             "td,th{padding:2px 8px;border-bottom:1px solid #ddd} .pass{background:#c8f0c8;font-weight:bold} "
             ".fail{background:#f6c0c0;font-weight:bold} .note{color:#555;font-size:90%}</style></head><body>"
-            f"<h1>fastcalo validation: {' vs '.join(html.escape(x) for x in self.labels)}</h1>"
+            f"<h1>fastcalo validation: {' against '.join(html.escape(x) for x in reversed(self.roles()))}</h1>"
+            f"<p class='conclusion'>{html.escape(self.conclusion())}</p>"
             + (f"<ul>{files}</ul>" if files else "")
             + self._summary_html()
             + "<h2>Energy response</h2><table><tr><th>sample</th><th>E [GeV]</th><th>N</th>"
             "<th>mean E<sub>dep</sub>/E<sub>inc</sub></th><th>σ/μ</th></tr>" + "".join(rows) + "</table>"
             + (
                 "<h2>Distances</h2><table><tr><th>observable</th><th>separation power</th>"
-                f"<th>Wasserstein-1 (units of the observable)</th><th>Wasserstein-1 / σ<sub>ref</sub></th></tr>{sep}</table>"
+                f"<th>Wasserstein-1 (units of the observable; GeV for the cell spectrum)</th><th>Wasserstein-1 / σ<sub>ref</sub></th></tr>{sep}</table>"
+                "<p class='note'>n/a: not computable (a sample has no finite value).</p>"
                 if sep
                 else ""
             )
@@ -315,6 +396,130 @@ class Report:
             + self._per_energy_html()
             + f"<h2>Plots</h2>{images}</body></html>"
         )
+
+
+#: ``metrics.json``'s ``"format"``: what marks a directory as a report that ``overwrite`` may replace.
+REPORT_FORMAT = "fastcalo-validation-report"
+#: What a report writes (reports from before the ``"report_files"`` list are checked against these).
+_REPORT_FILES = frozenset(
+    {"index.html", "metrics.json", "response_vs_energy.png", "mean_image.png", "cell_spectrum.png"}
+    | {f"feature_{name}.png" for name in obs.FEATURES}
+)
+
+
+def report_directory_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` is not a fastcalo report that may be replaced, or None if it is one.
+
+    A report is a real directory (not a symbolic link) whose ``metrics.json`` is a JSON object
+    with ``"format": "fastcalo-validation-report"`` (or, from reports written before that key,
+    with ``"labels"``, ``"summary"`` and ``"thresholds"``), and which holds only plain files that
+    the report wrote (its ``"report_files"``, or the fixed names of older reports). An empty
+    directory holds nothing to lose and counts as one.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> report_directory_problem(d) is None  # empty
+        True
+        >>> _ = (d / "notes.txt").write_text("mine")
+        >>> report_directory_problem(d)
+        'it has no metrics.json'
+    """
+    path = Path(path)
+    if path.is_symlink():
+        return "it is a symbolic link"
+    if not path.is_dir():
+        return "it is not a directory"
+    entries = sorted(path.iterdir())
+    if not entries:
+        return None
+    meta_path = path / "metrics.json"
+    if not meta_path.is_file():
+        return "it has no metrics.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return "its metrics.json is not valid JSON"
+    if not isinstance(meta, dict):
+        return "its metrics.json is not a fastcalo report's"
+    if meta.get("format") == REPORT_FORMAT:
+        listed = meta.get("report_files")
+        written = frozenset(str(x) for x in listed) if isinstance(listed, list) else _REPORT_FILES
+    elif "format" not in meta and {"labels", "summary", "thresholds"} <= set(meta):
+        written = _REPORT_FILES
+    else:
+        return f"its metrics.json has no \"format\": \"{REPORT_FORMAT}\""
+    foreign = [p.name + ("/" if p.is_dir() else "") for p in entries if p.name not in written or p.is_symlink() or not p.is_file()]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        return f"it holds what a report does not write: {shown}"
+    return None
+
+
+def check_report_directory(
+    directory: str | os.PathLike[str], *, overwrite: bool = False, keep: Sequence[str | os.PathLike[str]] = ()
+) -> None:
+    """Raise FileExistsError if :meth:`Report.write` may not write ``directory``: it exists and is
+    (or contains) the current directory, is or holds a path of ``keep`` (the inputs), is not a
+    fastcalo report (:func:`report_directory_problem`), or is one but ``overwrite`` is false.
+    The CLI calls it before reading anything, so that a refusal comes first, not after the work.
+    """
+    target = Path(directory)
+    if not (target.exists() or target.is_symlink()):
+        return
+    here = target.resolve()
+    cwd = Path.cwd().resolve()
+    if here == cwd or here in cwd.parents:
+        msg = f"{target}: refusing to replace the current directory or one that contains it; choose a new directory (e.g. {target / 'report'})"
+        raise FileExistsError(msg)
+    for item in keep:
+        for candidate in {Path(os.path.abspath(item)), Path(item).resolve()}:
+            if candidate == here or here in candidate.parents:
+                what = "is" if candidate == here else "holds"
+                msg = f"{target} {what} an input of this report ({item}); refusing to replace it: choose another output directory"
+                raise FileExistsError(msg)
+    problem = report_directory_problem(target)
+    if problem is not None:
+        msg = f"{target} already exists and is not a fastcalo report ({problem}); refusing to replace it: choose another output directory"
+        raise FileExistsError(msg)
+    if not overwrite:
+        msg = f"{target} already exists (a fastcalo report); pass --overwrite (overwrite=True) to replace it"
+        raise FileExistsError(msg)
+
+
+def _replace(new: Path, target: Path) -> None:
+    """Rename ``new`` to ``target``; an existing ``target`` (checked by :func:`check_report_directory`) is
+    first renamed aside and removed only once ``new`` is in place, and restored on failure."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+    os.replace(target, old)  # onto the empty directory mkdtemp made
+    try:
+        os.replace(new, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old)
+
+
+def _number(value: float, spec: str) -> str:
+    """``value`` formatted, or "n/a" when it is not a finite number (a metric that could not be computed)."""
+    return format(value, spec) if np.isfinite(value) else "n/a"
+
+
+def _describe(data: ShowerData) -> str:
+    """A sample in words: "photon, 2 and 20 GeV (2 energy points), 800 showers"."""
+    names = {pdgid: name for name, pdgid in PARTICLES.items()}
+    particles = ", ".join(names.get(int(p), f"pdgid {int(p)}") for p in np.unique(data.pdgid))
+    points = np.unique(data.energy)
+    if points.size <= 4:
+        energies = " and ".join(f"{e:g}" for e in points) + " GeV" + (f" ({points.size} energy points)" if points.size > 1 else "")
+    elif points.size <= 20:
+        energies = f"{points.min():g}–{points.max():g} GeV ({points.size} energy points)"
+    else:
+        energies = f"{points.min():.3g}–{points.max():.3g} GeV (continuous)"
+    return f"{particles}, {energies}, {len(data)} showers"
 
 
 def _worst(values: dict[str, float]) -> str:
@@ -460,9 +665,8 @@ def compare(
         names = list(labels[: len(inputs)])
     sources = [str(x) for x in inputs if isinstance(x, (str, os.PathLike))]
     paths = [Path(x) for x in inputs if isinstance(x, (str, os.PathLike))]
-    if len(paths) == 2 and paths[0] == paths[1]:
-        msg = f"{paths[0]} is given as both the reference and the generated sample"
-        raise ValueError(msg)
+    if len(paths) == 2:
+        _inputs.check_distinct_files(paths[0], paths[1])
     if paths:
         from ..datasets import metadata
 
@@ -481,6 +685,7 @@ def compare(
         _inputs.check_sample(sample, str(x) if isinstance(x, (str, os.PathLike)) else name, detector)
     where = [str(x) if isinstance(x, (str, os.PathLike)) else name for x, name in zip(inputs, names)]
     if len(samples) == 2:
+        _inputs.check_distinct_samples(samples[0], samples[1], (where[0], where[1]))
         _inputs.check_conditions(samples[0], samples[1], (where[0], where[1]))
 
     with _timed(timings, "features"):
@@ -497,6 +702,7 @@ def compare(
             thresholds=thresholds or Thresholds(),
             detector=detector,
             sources=sources,
+            descriptions=[_describe(s) for s in samples],
             timings=timings,
         )
     if len(samples) == 1:
@@ -505,9 +711,16 @@ def compare(
         report.separation_power = {name: _separation(histograms[0][name], histograms[1][name]) for name in obs.FEATURES}
         report.separation_power["cell_spectrum"] = _separation(report.cell_spectra[0], report.cell_spectra[1])
         report.wasserstein = {name: _wasserstein(feats[0][name], feats[1][name]) for name in obs.FEATURES}
+        cells = [s.images[s.images > 0].astype(np.float64) for s in samples]  # the values the cell spectrum shows
+        report.wasserstein["cell_spectrum"] = _wasserstein(*cells)
+        spreads = {name: float(np.nanstd(feats[0][name])) for name in obs.FEATURES}
+        spreads["cell_spectrum"] = float(np.std(cells[0])) if cells[0].size else float("nan")
         for name, value in report.wasserstein.items():
-            spread = float(np.nanstd(feats[0][name]))
-            report.wasserstein_scaled[name] = value / spread if spread > 0 else (0.0 if value == 0 else float("inf"))
+            spread = spreads[name]
+            if not (np.isfinite(value) and np.isfinite(spread)):
+                report.wasserstein_scaled[name] = float("nan")  # not computable: the summary fails it, the page says n/a
+            else:
+                report.wasserstein_scaled[name] = value / spread if spread > 0 else (0.0 if value == 0 else float("inf"))
     with _timed(timings, "per_energy"):
         report.per_energy = per_energy(feats[0], feats[1], samples[0].energy, samples[1].energy, groups, progress=progress)
     matrices = [np.column_stack([f[name] for name in obs.FEATURES] + [np.log10(s.energy)]) for f, s in zip(feats, samples)]
