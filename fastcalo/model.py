@@ -588,7 +588,9 @@ class ShowerModel(nn.Module):
         ``config.cell_noise``), zero suppressed (soft or hard), then rescaled so that the cells sum
         to E_dep exactly (the energy model owns the total; without cell noise the scale factor is
         >= 1, so no kept cell drops below threshold; with it, cells pushed below are suppressed
-        again, which loses at most a few threshold-sized cells)."""
+        again, which loses at most a few threshold-sized cells). When generating (hard, no
+        gradient), a shower whose deposit or total is not finite (a broken model) comes out all
+        NaN, never zero-suppressed into an empty image."""
         # the network in its own precision (half precision in a Simulator that asks for it), the
         # energies from its logits on (total, noise, threshold, rescaling) in float32
         shape = torch.softmax(self.generator(z, c, r_code.to(c.dtype)).float(), dim=1)
@@ -601,10 +603,15 @@ class ShowerModel(nn.Module):
         if not soft and not torch.is_grad_enabled():  # generation: the same steps, in place (fewer passes over memory)
             if noise is not None and self.config.cell_noise:
                 deposit.add_(noise * self.detector.response.noise)  # rounded as the training path rounds it
+            # a NaN or inf (a broken model) must not become an empty shower by zero suppression:
+            # such rows come out all NaN, which the engine refuses, naming the particle
+            broken = ~torch.isfinite(deposit.sum(dim=1)) | ~torch.isfinite(total[:, 0])
             self.preprocessing.zero_suppress_(deposit)  # negatives too: the threshold is positive
             deposit.mul_(total / deposit.sum(dim=1, keepdim=True).clamp_min(1e-12))
             if self.config.cell_noise:
                 self.preprocessing.zero_suppress_(deposit)
+            if bool(broken.any()):
+                deposit[broken] = float("nan")
             return deposit
         if noise is not None and self.config.cell_noise:
             deposit = (deposit + self.detector.response.noise * noise).clamp_min(0.0)
