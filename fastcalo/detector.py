@@ -23,6 +23,7 @@ from numpy.typing import ArrayLike, NDArray
 __all__ = (
     "ELECTRON_MASS",
     "PARTICLES",
+    "PDGID_RANGE",
     "ConditionRanges",
     "DEFAULT_DETECTOR",
     "Detector",
