@@ -359,8 +359,8 @@ def simulate_to_file(
         The number of showers written.
 
     Raises:
-        FileExistsError if ``path`` exists and ``overwrite`` is false, and what :func:`simulate`
-        raises.
+        FileExistsError if ``path`` exists and ``overwrite`` is false; ValueError for a
+        ``chunk_size`` below 1; and what :func:`simulate` raises.
 
     Example:
         >>> import tempfile, pathlib
@@ -373,6 +373,9 @@ def simulate_to_file(
     """
     from tqdm.auto import tqdm
 
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        msg = f"chunk_size must be an integer >= 1 (showers per chunk in memory), got {chunk_size!r}"
+        raise ValueError(msg)
     n = int(conditions["energy"].size)
     meta = {"generator": "fastcalo.mc", "seed": seed, "mc_config": config.__dict__}
     meta.update(metadata or {})
