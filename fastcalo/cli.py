@@ -57,7 +57,7 @@ def _mc(args: argparse.Namespace) -> int:
 
     from . import mc
 
-    _check_threads(args.threads, "all cores", numba.config.NUMBA_NUM_THREADS)
+    _check_threads(args.threads, "all cores", int(numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
     if args.chunk_size < 1:
         msg = f"--chunk-size must be >= 1 (showers per chunk in memory), got {args.chunk_size}"
         raise ValueError(msg)
