@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from ..datasets import ShowerData, ShowerWriter
-from ..detector import DEFAULT_DETECTOR, ELECTRON_MASS, Detector, pdgid_of
+from ..detector import DEFAULT_DETECTOR, ELECTRON_MASS, Detector, as_pdgids, pdgid_of
 from ._physics import PhysicsTables, build_tables
 
 __all__ = (
@@ -200,7 +200,7 @@ def simulate(
     if isinstance(particle, (str, int, np.integer)):
         pdgid = np.full(n, pdgid_of(particle), dtype=np.int32)
     else:
-        pdgid = _as_column("particle", particle, n, np.int32)
+        pdgid = _as_column("particle", as_pdgids(np.asarray(particle).reshape(-1)), n, np.int32)  # 22.7 is an error, not 22
         for value in np.unique(pdgid):
             pdgid_of(int(value))
     low, high = detector.central_cell
