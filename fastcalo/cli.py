@@ -303,7 +303,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out-of-range", default="error", choices=("error", "clip", "skip"), help="particles outside the model's ranges"
     )
-    p.add_argument("--step-size", type=int, default=100_000, help="input events per chunk (default 100000)")
+    p.add_argument("--step-size", type=int, default=10_000, help="input events per chunk (default 10000; simulator.STEP_SIZE)")
     p.add_argument(
         "--copy-branches", nargs="*", default=None, metavar="BRANCH", help="copy input branches (all if none named)"
     )

@@ -46,9 +46,14 @@ from .model import DEFAULT_MODEL, ShowerModel, file_sha256, load
 from .particles import Reader, flatten, open_tree, standardize
 from .scheduling import is_dask, run_dask, simulated_chunks
 
-__all__ = ("BLOCK", "OUT_OF_RANGE", "Simulator")
+__all__ = ("BLOCK", "OUT_OF_RANGE", "STEP_SIZE", "Simulator")
 
 log = logging.getLogger("fastcalo.simulator")
+
+#: Input events per chunk of :meth:`Simulator.run_file` (and ``fastcalo simulate --step-size``):
+#: the fastest measured size whose peak memory stays well under 1 GB
+#: (benchmarks/step_size.py; benchmarks/README.md).
+STEP_SIZE = 10_000
 
 # One loaded model per process (and device, dtype): dask workers unpickle Simulators many times.
 _MODELS: dict[tuple[str, str, str, str], ShowerModel] = {}
@@ -270,7 +275,7 @@ class Simulator:
         preset: str = "auto",
         branches: dict[str, str] | None = None,
         particle: str | int | None = None,
-        step_size: int = 100_000,
+        step_size: int = STEP_SIZE,
         copy_branches: bool | list[str] = False,
         overwrite: bool = False,
         progress: bool = True,
@@ -278,7 +283,8 @@ class Simulator:
     ) -> Path:
         """Simulate every particle of a ROOT file into ``output`` (.root or .h5), chunk by chunk.
 
-        Reads ``step_size`` events at a time (bounded memory) with :func:`fastcalo.particles.iterate`
+        Reads ``step_size`` events at a time (default 10 000: bounded memory, about 0.7 GB peak for
+        NanoAOD-style photons, benchmarks/step_size.py) with :func:`fastcalo.particles.iterate`
         (``tree``, ``collection``, ``preset``, ``branches``, ``particle`` as there) and writes the
         showers atomically (a failure leaves no output file), in the input's order:
 

@@ -440,6 +440,12 @@ def test_cli_choices_are_the_library_constants() -> None:
     sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
     choices = {a.dest: tuple(a.choices) for a in sub.choices["simulate"]._actions if a.choices}
     assert choices == {"preset": particles.PRESETS, "dtype": tuple(DTYPES), "out_of_range": OUT_OF_RANGE}
+    import inspect
+
+    from fastcalo.simulator import STEP_SIZE
+
+    defaults = {a.dest: a.default for a in sub.choices["simulate"]._actions}
+    assert defaults["step_size"] == STEP_SIZE == inspect.signature(Simulator.run_file).parameters["step_size"].default
 
 
 # -- nothing silent: bad models and bad arguments are errors, never zeros or truncation (reliability)
