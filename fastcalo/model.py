@@ -789,6 +789,8 @@ def load(directory: str | os.PathLike[str], *, detector: Detector | None = None)
     physics content of model.json (:data:`PHYSICS_KEYS`) is what the weights were saved with (its
     :func:`physics_sha256` equals the digest in the weights file's header, or, for the shipped
     model saved before that header existed, the digest this package knows for those weights).
+    Other models saved before fastcalo wrote that header have no digest to check against: they
+    get every other check (save them again to bind their model.json to their weights).
 
     Raises :class:`ModelFileError` with what was expected and what was found.
     """
