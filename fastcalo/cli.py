@@ -62,6 +62,10 @@ def _mc(args: argparse.Namespace) -> int:
 
     from . import mc
 
+    _check_threads(args.threads, "all cores", int(numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
+    if args.chunk_size < 1:
+        msg = f"--chunk-size must be >= 1 (showers per chunk in memory), got {args.chunk_size}"
+        raise ValueError(msg)
     if args.threads:
         numba.set_num_threads(args.threads)
     energy = parse_span(args.energy, "energy")
@@ -78,6 +82,9 @@ def _mc(args: argparse.Namespace) -> int:
             msg = "--n: not with --like (the showers follow the particles of the --like file)"
             raise ValueError(msg)
         data = [(c, getattr(part, c)) for part in datasets.iterate(args.like, step_size=100_000) for c in datasets.CONDITION_COLUMNS]
+        if not data:  # no chunk at all: an empty file
+            msg = f"--like {args.like}: the file holds no showers"
+            raise ValueError(msg)
         conditions = {c: np.concatenate([v for name, v in data if name == c]) for c in datasets.CONDITION_COLUMNS}
         if conditions["energy"].size == 0:
             msg = f"--like {args.like}: the file holds no showers"
@@ -129,9 +136,18 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_threads(threads: int, default: str, most: int | None = None) -> None:
+    """--threads: 0 (the default: ``default``) or a positive number (at most ``most``)."""
+    if threads < 0 or (most is not None and threads > most):
+        upper = f", at most {most} here" if most is not None else ""
+        msg = f"--threads must be 0 ({default}) or a positive number of threads{upper}, got {threads}"
+        raise ValueError(msg)
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from .simulator import Simulator
 
+    _check_threads(args.threads, "torch's choice")
     if args.threads:
         import torch
 
@@ -292,7 +308,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out-of-range", default="error", choices=("error", "clip", "skip"), help="particles outside the model's ranges"
     )
-    p.add_argument("--step-size", type=int, default=100_000, help="input events per chunk (default 100000)")
+    p.add_argument("--step-size", type=int, default=10_000, help="input events per chunk (default 10000; simulator.STEP_SIZE)")
     p.add_argument(
         "--copy-branches", nargs="*", default=None, metavar="BRANCH", help="copy input branches (all if none named)"
     )

@@ -23,11 +23,13 @@ from numpy.typing import ArrayLike, NDArray
 __all__ = (
     "ELECTRON_MASS",
     "PARTICLES",
+    "PDGID_RANGE",
     "ConditionRanges",
     "DEFAULT_DETECTOR",
     "Detector",
     "Material",
     "Response",
+    "as_pdgids",
     "pdgid_of",
     "particle_name",
 )
@@ -39,11 +41,12 @@ ELECTRON_MASS = 0.51099895e-3
 PARTICLES: dict[str, int] = {"photon": 22, "electron": 11, "positron": -11}
 
 
-def pdgid_of(particle: str | int | np.integer[Any]) -> int:
-    """The PDG id of a particle given by name ("photon") or id (22).
+def pdgid_of(particle: str | int | float | np.integer[Any] | np.floating[Any]) -> int:
+    """The PDG id of a particle given by name ("photon") or id (22, or 22.0).
 
     Arguments:
-        particle: a name of :data:`PARTICLES` (any case) or one of their PDG ids.
+        particle: a name of :data:`PARTICLES` (any case) or one of their PDG ids; an id may be a
+            float with an integer value (22.0), never a fraction (22.7 is an error, not 22).
 
     Returns:
         The PDG id.
@@ -52,16 +55,70 @@ def pdgid_of(particle: str | int | np.integer[Any]) -> int:
         ValueError listing the known particles, for any other name or id.
 
     Example:
-        >>> pdgid_of("positron"), pdgid_of("Photon"), pdgid_of(11)
-        (-11, 22, 11)
+        >>> pdgid_of("positron"), pdgid_of("Photon"), pdgid_of(11), pdgid_of(22.0)
+        (-11, 22, 11, 22)
     """
-    if isinstance(particle, (int, np.integer)) and int(particle) in PARTICLES.values():
-        return int(particle)
+    if isinstance(particle, (int, float, np.integer, np.floating)) and not isinstance(particle, (bool, np.bool_)):
+        if not (math.isfinite(particle) and float(particle).is_integer()):
+            msg = f"a PDG id must be an integer (e.g. 22 or 22.0), got {particle!r}"
+            raise ValueError(msg)
+        if int(particle) in PARTICLES.values():
+            return int(particle)
     if isinstance(particle, str) and particle.lower() in PARTICLES:
         return PARTICLES[particle.lower()]
     known = ", ".join(f"{k!r} ({v})" for k, v in PARTICLES.items())
     msg = f"unknown particle {particle!r}: expected one of {known}"
     raise ValueError(msg)
+
+
+#: The range of a PDG id (int32, as in NanoAOD and HepMC).
+PDGID_RANGE = (-(2**31), 2**31 - 1)
+
+
+def as_pdgids(values: ArrayLike) -> NDArray[np.int32]:
+    """PDG ids as int32, checked before the cast: integer values (22.0 is 22, 22.7 is an error,
+    never truncated) within the int32 range (2**32 + 22 is an error, never wrapped to 22).
+
+    Arguments:
+        values: a scalar or an array of numbers.
+
+    Returns:
+        int32 array of the same shape.
+
+    Raises:
+        ValueError naming the count and the first bad value (and its position), for non-numbers,
+        non-integer values or values outside the int32 range.
+
+    Example:
+        >>> as_pdgids([22, 11.0, -11]).tolist()
+        [22, 11, -11]
+        >>> as_pdgids([22, 22.7])
+        Traceback (most recent call last):
+        ...
+        ValueError: PDG ids must be integers (e.g. 22 or 22.0): 1 non-integer value(s), the first 22.7 at index 1
+    """
+    array = np.asarray(values)
+    if array.dtype.kind in "iu":
+        wide = array
+    elif array.dtype.kind == "f":
+        bad = ~np.isfinite(array) | (array != np.floor(np.where(np.isfinite(array), array, 0.0)))
+        if bad.any():
+            first = np.argwhere(bad)[0]
+            where = f" at index {', '.join(str(int(i)) for i in first)}" if array.ndim else ""
+            msg = f"PDG ids must be integers (e.g. 22 or 22.0): {int(bad.sum())} non-integer value(s), the first {array[tuple(first)].item()!r}{where}"
+            raise ValueError(msg)
+        wide = array
+    else:
+        msg = f"PDG ids must be integer numbers, got {array.dtype} values ({array.reshape(-1)[:3].tolist()}...)"
+        raise ValueError(msg)
+    low, high = PDGID_RANGE
+    outside = (wide < low) | (wide > high)
+    if outside.any():
+        first = np.argwhere(outside)[0]
+        where = f" at index {', '.join(str(int(i)) for i in first)}" if array.ndim else ""
+        msg = f"PDG ids must lie in the int32 range [{low}, {high}]: {int(outside.sum())} outside, the first {array[tuple(first)].item()!r}{where}"
+        raise ValueError(msg)
+    return wide.astype(np.int32)
 
 
 def particle_name(pdgid: int | np.integer[Any]) -> str:

@@ -20,6 +20,18 @@ Particles outside the model's trained ranges (energy, |eta|, particle type) foll
 nearest edge of the range, ``"skip"`` gives those particles an all-zero image; both of the latter
 log how many particles they touched. Non-finite kinematics and energies <= 0 are always an error.
 
+Nothing silent comes out either (:meth:`Engine.simulate`): a non-finite image is an error (the
+model marks a shower whose generation met a NaN or inf as all NaN, rather than letting zero
+suppression turn it into an empty image), and so is a call in which every simulated particle
+(not skipped) of at least :data:`EMPTY_FACTOR` times the detector's zero-suppression threshold
+gives an empty image. A healthy model cannot do that: an electron or photon of E >= 100 x
+threshold (0.5 GeV here; the model's range starts at 1 GeV) puts most of its energy into a few
+central cells. The shipped model, on 100 000 showers over its whole range (1-100 GeV, |eta| <=
+1.5, photons, electrons and positrons; 20 000 of them at 1 GeV), gives no empty image at all:
+its faintest shower holds 0.83 GeV and its faintest brightest cell 52 MeV, ten times the
+threshold. So the rule fires only for a broken model (NaN weights or preprocessing, a total
+forced to zero), and a single healthy shower, let alone a whole call, never trips it.
+
 Example:
     >>> import numpy as np
     >>> from fastcalo.engine import Engine, Particles
@@ -35,6 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import operator
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -49,7 +62,7 @@ if TYPE_CHECKING:
     from .datasets import ShowerData
     from .model import ShowerModel
 
-__all__ = ("BLOCK", "DTYPES", "OUT_OF_RANGE", "Engine", "Particles", "choose_device", "stream_key")
+__all__ = ("BLOCK", "DTYPES", "EMPTY_FACTOR", "OUT_OF_RANGE", "SEED_LIMIT", "Engine", "Particles", "check_seed", "choose_device", "stream_key")
 
 log = logging.getLogger("fastcalo.engine")
 
@@ -62,6 +75,13 @@ OUT_OF_RANGE = ("error", "clip", "skip")
 
 #: The generator's arithmetic, by name.
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+#: A call whose simulated particles of at least EMPTY_FACTOR x the zero-suppression threshold all
+#: give empty images is an error (see the module docstring).
+EMPTY_FACTOR = 100.0
+
+#: Seeds are integers in [0, SEED_LIMIT).
+SEED_LIMIT = 2**63
 
 # The fewest rows per generator call on a GPU: below this, BLAS takes matrix-vector paths whose
 # rounding differs from the matrix-matrix kernels (on the CPU every call has BLOCK rows).
@@ -81,7 +101,8 @@ def choose_device(device: str | torch.device = "auto") -> torch.device:
         The device.
 
     Raises:
-        ValueError: a name torch does not know, or CUDA asked for where torch sees none.
+        ValueError: a name torch does not know, a device other than the CPU or CUDA, or CUDA (or
+            a CUDA index) asked for where torch sees none.
 
     Example:
         >>> choose_device("cpu")
@@ -94,10 +115,37 @@ def choose_device(device: str | torch.device = "auto") -> torch.device:
     except (RuntimeError, TypeError) as err:
         msg = f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
         raise ValueError(msg) from err
+    if chosen.type not in ("cpu", "cuda"):
+        msg = f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {str(device)!r} (fastcalo runs on the CPU or a CUDA GPU)"
+        raise ValueError(msg)
     if chosen.type == "cuda" and not torch.cuda.is_available():
         msg = f"device {str(device)!r} asked for, but torch sees no CUDA device (torch {torch.__version__})"
         raise ValueError(msg)
+    if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
+        msg = f"device {str(device)!r} asked for, but torch sees {torch.cuda.device_count()} CUDA device(s) (cuda:0 ...)"
+        raise ValueError(msg)
     return chosen
+
+
+def check_seed(seed: object) -> int:
+    """A random seed, checked: an integer (Python or numpy; not a bool, not a float) in
+    [0, 2**63). Nothing is taken modulo or truncated: 1.5, -1 and 2**64 are errors.
+
+    Raises:
+        ValueError: anything else.
+
+    Example:
+        >>> check_seed(7), check_seed(2**63 - 1)
+        (7, 9223372036854775807)
+    """
+    try:
+        value = operator.index(seed)  # type: ignore[arg-type]
+    except TypeError:
+        value = None
+    if value is None or isinstance(seed, (bool, np.bool_)) or not 0 <= value < SEED_LIMIT:
+        msg = f"seed must be an integer in [0, 2**63), got {seed!r} ({type(seed).__name__})"
+        raise ValueError(msg)
+    return value
 
 
 def stream_key(stream: Hashable | None) -> tuple[int, ...]:
@@ -156,14 +204,17 @@ class Particles:
         scalars are repeated N times (``n`` times if there is no array; once if ``n`` is None).
 
         Raises:
-            ValueError: arrays of different lengths, arrays whose length is not ``n``, or arrays
-                of more than one dimension.
+            ValueError: arrays of different lengths, arrays whose length is not ``n``, arrays
+                of more than one dimension, or PDG ids that are not integers in the int32 range
+                (:func:`fastcalo.detector.as_pdgids`: 22.0 is 22, 22.7 is an error).
 
         Example:
             >>> table = Particles.of(energy=[1.0, 2.0], eta=0.5)
             >>> len(table), table.eta.tolist(), table.pdgid.tolist()
             (2, [0.5, 0.5], [22, 22])
         """
+        from .detector import as_pdgids
+
         values = {"energy": energy, "eta": eta, "phi": phi, "pdgid": pdgid, "impact_x": impact_x, "impact_y": impact_y}
         nested = {k: np.shape(v) for k, v in values.items() if v is not None and np.ndim(v) > 1}
         if nested:
@@ -183,7 +234,7 @@ class Particles:
             energy=floats(energy),
             eta=floats(eta),
             phi=floats(phi),
-            pdgid=np.broadcast_to(np.asarray(pdgid, dtype=np.int32), (size,)).copy(),
+            pdgid=np.broadcast_to(as_pdgids(pdgid), (size,)).copy(),
             impact_x=None if impact_x is None else floats(impact_x),
             impact_y=None if impact_y is None else floats(impact_y),
         )
@@ -199,6 +250,8 @@ class Particles:
         """
         import awkward as ak
 
+        from .detector import as_pdgids
+
         fields = set(ak.fields(flat))
 
         def floats(name: str) -> FloatArray:
@@ -208,7 +261,7 @@ class Particles:
             energy=floats("energy"),
             eta=floats("eta"),
             phi=floats("phi"),
-            pdgid=np.asarray(ak.to_numpy(flat["pdgid"]), dtype=np.int32),
+            pdgid=as_pdgids(ak.to_numpy(flat["pdgid"])),
             impact_x=floats("impact_x") if "impact_x" in fields else None,
             impact_y=floats("impact_y") if "impact_y" in fields else None,
         )
@@ -266,16 +319,18 @@ class Engine:
         out_of_range: ``"error"``, ``"clip"`` or ``"skip"`` (see the module docstring).
 
     Raises:
-        ValueError: an unknown policy or a batch size below 1.
+        ValueError: an unknown policy, a batch size below 1, or a seed that is not an integer in
+            [0, 2**63) (:func:`check_seed`).
     """
 
     def __init__(self, model: ShowerModel, *, seed: int = 0, batch_size: int | None = None, out_of_range: str = "error") -> None:
         if out_of_range not in OUT_OF_RANGE:
             msg = f"out_of_range must be one of {OUT_OF_RANGE}, got {out_of_range!r}"
             raise ValueError(msg)
-        if batch_size is not None and batch_size <= 0:
-            msg = f"batch_size must be > 0, got {batch_size}"
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0):
+            msg = f"batch_size must be an integer > 0, got {batch_size!r}"
             raise ValueError(msg)
+        seed = check_seed(seed)
         self.model = model
         first = next(model.generator.parameters())
         self.device = first.device
@@ -300,7 +355,9 @@ class Engine:
         Raises:
             ValueError: non-finite kinematics, energies <= 0, impact points outside the central
                 cell, a negative ``first_index``, or particles outside the ranges under
-                ``out_of_range="error"``; messages name particles by their global index.
+                ``out_of_range="error"``; a non-finite image, or only empty images where showers
+                must deposit energy (see the module docstring): a broken model. Messages name
+                particles by their global index.
         """
         from .datasets import ShowerData
 
@@ -330,10 +387,37 @@ class Engine:
                 continue
             start = stop
         images[~keep] = 0.0
+        self._check_output(images, used, keep, first_index)
         return ShowerData(
             energy=used.energy, eta=used.eta, phi=particles.phi, pdgid=particles.pdgid,
             impact_x=impact_x, impact_y=impact_y, images=images,
         )  # fmt: skip
+
+    def _check_output(self, images: npt.NDArray[np.float32], used: Particles, keep: npt.NDArray[np.bool_], first_index: int) -> None:
+        """Refuse what a broken model makes: non-finite images, or empty images for every simulated
+        particle that must deposit energy (see the module docstring)."""
+        n = len(images)
+        flat = images.reshape(n, images.shape[1] * images.shape[2])
+        finite = np.isfinite(flat.sum(axis=1, dtype=np.float64))  # NaN and inf survive a sum
+        if not finite.all():
+            first = int(np.flatnonzero(~finite)[0])
+            msg = (
+                f"the model gave {int((~finite).sum())} non-finite shower(s) (NaN or inf), the first for particle "
+                f"{first_index + first} (E={float(used.energy[first])!r} GeV, eta={float(used.eta[first])!r}, pdgid={int(used.pdgid[first])}): "
+                "a broken model (non-finite weights or preprocessing?)"
+            )
+            raise ValueError(msg)
+        minimum = EMPTY_FACTOR * self.model.detector.response.threshold
+        must = keep & (used.energy >= minimum)
+        nonempty = (flat.max(axis=1, initial=0.0) > 0) | (flat.min(axis=1, initial=0.0) < 0)
+        if must.any() and not nonempty[must].any():
+            first = int(np.flatnonzero(must)[0])
+            msg = (
+                f"the model gave empty showers for all {int(must.sum())} simulated particle(s) of E >= {minimum:g} GeV "
+                f"({EMPTY_FACTOR:g} x the {self.model.detector.response.threshold:g} GeV threshold; a healthy model "
+                f"deposits far above it), the first particle {first_index + first} (E={float(used.energy[first])!r} GeV): a broken model"
+            )
+            raise ValueError(msg)
 
     def _apply_policy(self, particles: Particles, first_index: int) -> tuple[Particles, npt.NDArray[np.bool_]]:
         """The particles to generate with (clipped energy and eta, known pdgids) and which of them
@@ -371,7 +455,8 @@ class Engine:
             if not mask.any():
                 continue
             first = int(np.flatnonzero(mask)[0])
-            example = f"particle {first_index + first}: E={energy[first]:.6g} GeV, eta={eta[first]:.4g}, pdgid={int(particles.pdgid[first])}"
+            # repr: enough digits to show why a value is outside (100.0000001 is not 100)
+            example = f"particle {first_index + first}: E={float(energy[first])!r} GeV, eta={float(eta[first])!r}, pdgid={int(particles.pdgid[first])}"
             if self.out_of_range == "error" or (self.out_of_range == "clip" and what.startswith("pdgid")):
                 hint = "" if what.startswith("pdgid") else " (out_of_range='clip' or 'skip' to simulate or drop them)"
                 msg = f"{int(mask.sum())} particle(s) with {what}, first {example}{hint}"

@@ -52,6 +52,7 @@ from .detector import DEFAULT_DETECTOR, PARTICLES, ConditionRanges, Detector
 
 __all__ = (
     "DEFAULT_MODEL",
+    "PHYSICS_KEYS",
     "Conditions",
     "Critic",
     "EnergyGenerator",
@@ -61,8 +62,10 @@ __all__ = (
     "ModelFileError",
     "Preprocessing",
     "ShowerModel",
+    "check_model",
     "config_from_dict",
     "load",
+    "physics_sha256",
     "save",
 )
 
@@ -76,6 +79,17 @@ _Config = TypeVar("_Config", bound="DataclassInstance")
 
 _FORMAT = "fastcalo.model"
 _FORMAT_VERSION = 1
+
+#: The keys of model.json that hold what the weights were trained with (the physics content):
+#: :func:`save` binds them to the weights by :func:`physics_sha256`, written into the weights
+#: file's header (so the weights' sha256 covers it) and into model.json.
+PHYSICS_KEYS = ("conditions", "config", "detector", "preprocessing")
+_PHYSICS_HEADER = "fastcalo.physics_sha256"
+# Models shipped before the digest went into the weights' header: weights sha256 -> the
+# physics_sha256 of the model.json they were shipped with (fastcalo/models/default).
+_SHIPPED_PHYSICS = {
+    "40af8ce768b6f95250dd92ad0aa26575a9592421df02e95b0150683a975abc77": "4592e53c91bff6e7bf7de1b01ae179e1b657672d39fd4f900f8d8b4769814a16",
+}
 
 
 class ModelFileError(ValueError):
@@ -203,6 +217,16 @@ class Preprocessing:
     r_mean: float = 0.95
     r_std: float = 0.05
     soft_width: float = 0.001
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            lowest = "finite" if field.name == "r_mean" else ">= 0" if field.name == "threshold" else "> 0"
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            ok = ok and (lowest == "finite" or (value >= 0 if lowest == ">= 0" else value > 0))
+            if not ok:
+                msg = f"preprocessing.{field.name} must be a finite number{'' if lowest == 'finite' else ' ' + lowest}, got {value!r}"
+                raise ValueError(msg)
 
     @classmethod
     def for_detector(cls, detector: Detector, **values: float) -> Preprocessing:
@@ -565,7 +589,9 @@ class ShowerModel(nn.Module):
         ``config.cell_noise``), zero suppressed (soft or hard), then rescaled so that the cells sum
         to E_dep exactly (the energy model owns the total; without cell noise the scale factor is
         >= 1, so no kept cell drops below threshold; with it, cells pushed below are suppressed
-        again, which loses at most a few threshold-sized cells)."""
+        again, which loses at most a few threshold-sized cells). When generating (hard, no
+        gradient), a shower whose deposit or total is not finite (a broken model) comes out all
+        NaN, never zero-suppressed into an empty image."""
         # the network in its own precision (half precision in a Simulator that asks for it), the
         # energies from its logits on (total, noise, threshold, rescaling) in float32
         shape = torch.softmax(self.generator(z, c, r_code.to(c.dtype)).float(), dim=1)
@@ -578,10 +604,15 @@ class ShowerModel(nn.Module):
         if not soft and not torch.is_grad_enabled():  # generation: the same steps, in place (fewer passes over memory)
             if noise is not None and self.config.cell_noise:
                 deposit.add_(noise * self.detector.response.noise)  # rounded as the training path rounds it
+            # a NaN or inf (a broken model) must not become an empty shower by zero suppression:
+            # such rows come out all NaN, which the engine refuses, naming the particle
+            broken = ~torch.isfinite(deposit.sum(dim=1)) | ~torch.isfinite(total[:, 0])
             self.preprocessing.zero_suppress_(deposit)  # negatives too: the threshold is positive
             deposit.mul_(total / deposit.sum(dim=1, keepdim=True).clamp_min(1e-12))
             if self.config.cell_noise:
                 self.preprocessing.zero_suppress_(deposit)
+            if bool(broken.any()):
+                deposit[broken] = float("nan")
             return deposit
         if noise is not None and self.config.cell_noise:
             deposit = (deposit + self.detector.response.noise * noise).clamp_min(0.0)
@@ -641,6 +672,40 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def physics_sha256(meta: Mapping[str, Any]) -> str:
+    """The sha256 (hex) of the physics content of a model.json (:data:`PHYSICS_KEYS`), as canonical
+    JSON: what :func:`save` binds to the weights and :func:`load` checks.
+
+    Example:
+        >>> a = {"conditions": {"energy": [1.0, 100.0]}, "training": {"step": 1}}
+        >>> physics_sha256(a) == physics_sha256({**a, "training": {"step": 2}})
+        True
+    """
+    content = {k: meta[k] for k in PHYSICS_KEYS if k in meta}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def check_model(model: ShowerModel) -> None:
+    """Check what :func:`save` writes and :func:`load` reads: finite weights and a preprocessing
+    that matches the detector (the zero-suppression threshold is the detector response's).
+
+    Raises:
+        ValueError: naming the first tensor with non-finite values, or the mismatch.
+    """
+    detector_threshold = model.detector.response.threshold
+    if model.preprocessing.threshold != detector_threshold:
+        msg = (
+            f"preprocessing.threshold must equal the detector's response.threshold ({detector_threshold} GeV), "
+            f"got {model.preprocessing.threshold} GeV"
+        )
+        raise ValueError(msg)
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            msg = f"tensor {name!r} holds {bad} non-finite value(s) (NaN or inf) of {tensor.numel()}"
+            raise ValueError(msg)
+
+
 def save(
     model: ShowerModel,
     directory: str | os.PathLike[str],
@@ -651,7 +716,15 @@ def save(
     """Write ``model.safetensors`` and ``model.json`` into ``directory`` (created atomically).
 
     The JSON holds the architecture, preprocessing, condition ranges, detector, the training
-    config (``training``), the package version and the sha256 of the weights file.
+    config (``training``), the package version, the sha256 of the weights file and
+    ``physics_sha256`` (:func:`physics_sha256` of the architecture, preprocessing, condition ranges
+    and detector), which the weights file's header holds too: a model.json edited after saving
+    no longer loads.
+
+    Raises:
+        FileExistsError: ``directory`` exists and ``overwrite`` is False.
+        ValueError: a model :func:`load` would refuse (:func:`check_model`: non-finite weights, a
+            threshold other than the detector's).
     """
     import shutil
     import tempfile
@@ -663,6 +736,19 @@ def save(
     target = Path(directory)
     if target.exists() and not overwrite:
         raise OutputExistsError(target)
+    try:
+        check_model(model)
+    except ValueError as err:
+        msg = f"cannot save the model to {target}: {err}"
+        raise ValueError(msg) from None
+    physics = {
+        "config": dataclasses.asdict(model.config),
+        "preprocessing": dataclasses.asdict(model.preprocessing),
+        "conditions": dataclasses.asdict(model.detector.conditions),
+        "detector": model.detector.to_dict(),
+    }
+    physics = json.loads(json.dumps(physics))  # as load will read it back (lists, not tuples)
+    digest = physics_sha256(physics)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     umask = os.umask(0)
@@ -671,16 +757,14 @@ def save(
     try:
         weights = tmp / "model.safetensors"
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, str(weights))
+        save_file(state, str(weights), metadata={_PHYSICS_HEADER: digest})
         weights.chmod(0o666 & ~umask)
         meta = {
             "format": _FORMAT,
             "format_version": _FORMAT_VERSION,
             "fastcalo_version": __version__,
-            "config": dataclasses.asdict(model.config),
-            "preprocessing": dataclasses.asdict(model.preprocessing),
-            "conditions": dataclasses.asdict(model.detector.conditions),
-            "detector": model.detector.to_dict(),
+            **physics,
+            "physics_sha256": digest,
             "training": training or {},
             "weights_sha256": file_sha256(weights),
         }
@@ -698,9 +782,19 @@ def load(directory: str | os.PathLike[str], *, detector: Detector | None = None)
     """Rebuild a model saved by :func:`save`, checking the weights' sha256, format and detector.
 
     ``detector``, if given, must equal the one the model was trained for.
+
+    Checks, beyond the format and the weights' sha256: every weight is finite; every
+    preprocessing value is a finite number (scales > 0, threshold >= 0) and the threshold is the
+    detector response's; the condition ranges (``conditions``) equal the detector's; and the
+    physics content of model.json (:data:`PHYSICS_KEYS`) is what the weights were saved with (its
+    :func:`physics_sha256` equals the digest in the weights file's header, or, for the shipped
+    model saved before that header existed, the digest this package knows for those weights).
+    Other models saved before fastcalo wrote that header have no digest to check against: they
+    get every other check (save them again to bind their model.json to their weights).
+
     Raises :class:`ModelFileError` with what was expected and what was found.
     """
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     path = Path(directory)
@@ -715,6 +809,9 @@ def load(directory: str | os.PathLike[str], *, detector: Detector | None = None)
     except json.JSONDecodeError as err:
         msg = f"{meta_path}: not valid JSON ({err})"
         raise ModelFileError(msg) from err
+    if not isinstance(meta, dict):
+        msg = f"{meta_path}: expected a JSON object (format {_FORMAT!r}), found a JSON {type(meta).__name__}"
+        raise ModelFileError(msg)
     if meta.get("format") != _FORMAT or meta.get("format_version") != _FORMAT_VERSION:
         msg = f"{meta_path}: expected format {_FORMAT!r} version {_FORMAT_VERSION}, found {meta.get('format')!r} version {meta.get('format_version')!r}"
         raise ModelFileError(msg)
@@ -730,15 +827,23 @@ def load(directory: str | os.PathLike[str], *, detector: Detector | None = None)
         stored_detector = Detector.from_dict(meta["detector"])
         config = ModelConfig.from_dict(meta["config"])
         preprocessing = config_from_dict(Preprocessing, meta["preprocessing"], "preprocessing")
-    except (TypeError, ValueError, KeyError) as err:
+    except (TypeError, ValueError, KeyError, AttributeError) as err:
         msg = f"{meta_path}: cannot rebuild the model ({err})"
         raise ModelFileError(msg) from err
+    if "conditions" in meta and meta["conditions"] != json.loads(json.dumps(dataclasses.asdict(stored_detector.conditions))):
+        msg = (
+            f"{meta_path}: conditions {meta['conditions']} differ from the detector's condition ranges "
+            f"{dataclasses.asdict(stored_detector.conditions)} (the ranges the model was trained on)"
+        )
+        raise ModelFileError(msg)
     if detector is not None and detector != stored_detector:
         msg = f"{path}: the model was trained for a different detector ({stored_detector}) than the one given ({detector})"
         raise ModelFileError(msg)
     model = ShowerModel(config, preprocessing=preprocessing, detector=stored_detector)
     try:
         state = load_file(str(weights))
+        with safe_open(str(weights), "pt") as handle:
+            header = handle.metadata() or {}
     except SafetensorError as err:
         msg = f"{weights}: not a readable safetensors file ({err})"
         raise ModelFileError(msg) from err
@@ -748,6 +853,24 @@ def load(directory: str | os.PathLike[str], *, detector: Detector | None = None)
         msg = f"{weights}: tensors do not match the architecture in model.json (differences: {diff[:5]})"
         raise ModelFileError(msg)
     model.load_state_dict(state)
+    try:
+        check_model(model)
+    except ValueError as err:
+        msg = f"{path}: {err}"
+        raise ModelFileError(msg) from None
+    found = physics_sha256(meta)
+    records = {
+        "the weights file": header.get(_PHYSICS_HEADER) or _SHIPPED_PHYSICS.get(digest),
+        "model.json's physics_sha256": meta.get("physics_sha256"),
+    }
+    for where, bound in records.items():
+        if bound is not None and bound != found:
+            msg = (
+                f"{meta_path}: its {', '.join(PHYSICS_KEYS)} are not those the weights were saved with "
+                f"(their sha256 is {found}, {where} records {bound}): model.json was edited after saving; "
+                "a model's ranges, preprocessing and detector are those it was trained with"
+            )
+            raise ModelFileError(msg)
     model.eval()
     model.metadata = meta
     return model

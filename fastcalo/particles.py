@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ import vector
 from particle import Particle
 
 from ._names import near_misses
-from .detector import DEFAULT_DETECTOR, PARTICLES, pdgid_of
+from .detector import DEFAULT_DETECTOR, PARTICLES, PDGID_RANGE, pdgid_of
 
 __all__ = (
     "FIELDS",
@@ -60,6 +61,7 @@ __all__ = (
     "BranchError",
     "Reader",
     "TreeError",
+    "UnreadableFileError",
     "flatten",
     "iterate",
     "open_tree",
@@ -161,6 +163,27 @@ class TreeError(KeyError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class UnreadableFileError(ValueError):
+    """A file uproot cannot read (damaged, truncated, not ROOT): the message names the file and
+    what uproot raised (a RecursionError, a decompression or deserialization error...)."""
+
+
+@contextmanager
+def _readable(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn whatever uproot raises while reading a damaged file into an UnreadableFileError naming
+    the file (memory and operating-system errors pass through as they are). Wraps only uproot's
+    own calls, never fastcalo's checks of the values read."""
+    try:
+        yield
+    except (MemoryError, OSError):
+        raise
+    except Exception as err:  # RecursionError, zlib.error, uproot's DeserializationError, struct.error...
+        text = str(err).splitlines()[0][:200] if str(err) else ""
+        kind = type(err).__name__ if type(err).__module__ == "builtins" else f"{type(err).__module__}.{type(err).__name__}"
+        msg = f"{os.fspath(path)}: not a readable ROOT file ({kind}{': ' + text if text else ''}); is it damaged or truncated?"
+        raise UnreadableFileError(msg) from err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,7 +334,14 @@ def _particle_ids(
     lowered = (name or "").lower()
     electrons = (wanted is not None and abs(wanted) == PARTICLES["electron"]) or lowered in _ELECTRON_NAMES
     if "pdgid" in columns:
-        pdgid = checker.finite("pdgid", ak.values_astype(columns["pdgid"], np.int32), integer=True)
+        raw = checker.finite("pdgid", columns["pdgid"], integer=True)
+        # checked before the int32 cast, which would truncate 22.7 to 22 and wrap 2**32 + 22 to 22
+        as_float = ak.values_astype(raw, np.float64)
+        fraction = ~np.isfinite(as_float) | (as_float != np.floor(as_float))
+        checker.fail_where("pdgid", fraction, "non-integer PDG ids (22 or 22.0, never 22.7)", example=raw)
+        low, high = PDGID_RANGE
+        checker.fail_where("pdgid", (raw < low) | (raw > high), f"PDG ids outside the int32 range [{low}, {high}]", example=raw)
+        pdgid = ak.values_astype(raw, np.int32)
         unknown = ~_isin(pdgid, PARTICLES.values())
         what = f"PDG ids that fastcalo does not simulate (it simulates {_species()})"
         checker.fail_where("pdgid", unknown, what, example=pdgid)
@@ -474,16 +504,19 @@ def _open_file(path: str | os.PathLike[str]) -> Any:
         else:
             msg += f" (directory {directory} does not exist)"
         raise FileNotFoundError(msg)
-    return uproot.open(text)
+    with _readable(text):
+        return uproot.open(text)
 
 
 def _get_tree(file: Any, path: str, tree: str | None) -> Any:
-    classes = file.classnames(cycle=False)
+    with _readable(path):
+        classes = file.classnames(cycle=False)
     trees = [k for k, c in classes.items() if c in ("TTree", "ROOT::RNTuple")]
     if tree is None:
         ttrees = [k for k, c in classes.items() if c == "TTree"] or trees
         if len(ttrees) == 1:
-            return file[ttrees[0]]
+            with _readable(path):
+                return file[ttrees[0]]
         if not ttrees:
             msg = f"{path} has no TTree (it holds {_listing(list(classes)) or 'nothing'})"
         else:
@@ -491,7 +524,8 @@ def _get_tree(file: Any, path: str, tree: str | None) -> Any:
         raise ValueError(msg)
     name = tree.strip("/").split(";")[0]
     if name in trees:
-        return file[name]
+        with _readable(path):
+            return file[name]
     parts = [f"no tree {tree!r} in {path}"]
     near = near_misses(name, trees)
     if near:
@@ -622,9 +656,10 @@ def read(
     with _open_file(path) as file:
         t = _get_tree(file, os.fspath(path), tree)
         plan = _plan(t, os.fspath(path), collection, preset, branches, particle)
-        arrays = t.arrays(
-            filter_name=_wanted(plan), entry_start=entry_start, entry_stop=entry_stop, library="ak"
-        )
+        with _readable(path):
+            arrays = t.arrays(
+                filter_name=_wanted(plan), entry_start=entry_start, entry_stop=entry_stop, library="ak"
+            )
         start = _start(entry_start, t.num_entries)
         return _standard(arrays, plan, particle, f"{os.fspath(path)}:{t.name}", start)
 
@@ -665,14 +700,20 @@ def iterate(
         t = _get_tree(file, os.fspath(path), tree)
         plan = _plan(t, os.fspath(path), collection, preset, branches, particle)
         where = f"{os.fspath(path)}:{t.name}"
-        for arrays, report in t.iterate(
+        chunks = t.iterate(
             filter_name=_wanted(plan),
             step_size=int(step_size),
             entry_start=entry_start,
             entry_stop=entry_stop,
             library="ak",
             report=True,
-        ):
+        )
+        while True:
+            with _readable(path):  # uproot reads (and may fail on a damaged file) here
+                try:
+                    arrays, report = next(chunks)
+                except StopIteration:
+                    break
             start, stop = int(report.tree_entry_start), int(report.tree_entry_stop)
             yield start, stop, _standard(arrays, plan, particle, where, start)
 

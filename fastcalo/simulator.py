@@ -41,14 +41,19 @@ import torch
 
 from ._names import near_misses
 from .detector import Detector, pdgid_of
-from .engine import BLOCK, DTYPES, OUT_OF_RANGE, Engine, Particles, choose_device, stream_key
+from .engine import BLOCK, DTYPES, OUT_OF_RANGE, Engine, Particles, check_seed, choose_device, stream_key
 from .model import DEFAULT_MODEL, ShowerModel, file_sha256, load
 from .particles import Reader, flatten, open_tree, standardize
 from .scheduling import is_dask, run_dask, simulated_chunks
 
-__all__ = ("BLOCK", "OUT_OF_RANGE", "Simulator")
+__all__ = ("BLOCK", "OUT_OF_RANGE", "STEP_SIZE", "Simulator")
 
 log = logging.getLogger("fastcalo.simulator")
+
+#: Input events per chunk of :meth:`Simulator.run_file` (and ``fastcalo simulate --step-size``):
+#: the fastest measured size whose peak memory stays well under 1 GB
+#: (benchmarks/step_size.py; benchmarks/README.md).
+STEP_SIZE = 10_000
 
 # One loaded model per process (and device, dtype): dask workers unpickle Simulators many times.
 _MODELS: dict[tuple[str, str, str, str], ShowerModel] = {}
@@ -64,14 +69,16 @@ class Simulator:
         device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         batch_size: particles per generator call (default 4096 on CPU, 65 536 on a GPU); a
             device out-of-memory error halves it and retries, losing nothing.
-        seed: the random seed; with the particle's global index it fixes every shower.
+        seed: the random seed, an integer in [0, 2**63) (never taken modulo or truncated); with
+            the particle's global index it fixes every shower.
         dtype: the generator's arithmetic, ``"float32"`` (default), ``"float16"`` or
             ``"bfloat16"`` (GPU); the images are float32 in any case.
         out_of_range: ``"error"`` (default), ``"clip"`` or ``"skip"`` for particles outside the
             model's trained energy and eta ranges (see the module docstring).
 
     Raises:
-        ValueError: an unknown device, dtype or policy, or a batch size below 1.
+        ValueError: an unknown device, dtype or policy, a batch size below 1, or a seed that is
+            not an integer in [0, 2**63).
         fastcalo.model.ModelFileError: a model directory that is not a valid model.
 
     Example:
@@ -97,6 +104,7 @@ class Simulator:
         if dtype not in DTYPES:
             msg = f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}"
             raise ValueError(msg)
+        seed = check_seed(seed)  # before loading a model
         self.device = choose_device(device)
         self.dtype = dtype
         #: torch CPU threads to set in dask workers before simulating (None: leave as is).
@@ -219,8 +227,9 @@ class Simulator:
         Arguments:
             energy: incident energy, GeV.
             eta: pseudorapidity.
-            particle: ``"photon"``, ``"electron"``, ``"positron"`` or a PDG id (or an array of them).
-            n: the number of showers where every condition is a scalar.
+            particle: ``"photon"``, ``"electron"``, ``"positron"`` or a PDG id (or an array of them);
+                an id must have an integer value (11 or 11.0; 11.2 is an error).
+            n: the number of showers where every condition is a scalar: an integer >= 0.
             phi: azimuth, rad (carried, no effect on the shower).
             impact_x, impact_y: impact point inside the central cell, mm; drawn uniformly there
                 unless given.
@@ -231,7 +240,8 @@ class Simulator:
 
         Raises:
             ValueError: arrays of different lengths (or not ``n``), arrays of more than one
-                dimension, an unknown particle, or particles the policy refuses.
+                dimension, ``n`` not an integer >= 0, an unknown particle or a non-integer PDG id,
+                or particles the policy refuses.
 
         Example:
             >>> import numpy as np, fastcalo
@@ -240,7 +250,14 @@ class Simulator:
             >>> images.shape, np.round(images.sum(axis=(1, 2)) / [5.0, 50.0], 1).tolist()
             ((2, 24, 24), [1.0, 1.0])
         """
-        pdgid = np.vectorize(pdgid_of, otypes=[np.int32])(np.asarray(particle, dtype=object))
+        if n is not None and (isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 0):
+            msg = f"sample: n must be an integer >= 0 (the number of showers), got {n!r}"
+            raise ValueError(msg)
+        try:
+            pdgid = np.vectorize(pdgid_of, otypes=[np.int32])(np.asarray(particle, dtype=object))
+        except ValueError as err:
+            msg = f"sample: particle: {err}"
+            raise ValueError(msg) from None
         try:
             table = Particles.of(energy=energy, eta=eta, phi=phi, pdgid=pdgid, impact_x=impact_x, impact_y=impact_y, n=n)
         except ValueError as err:
@@ -258,7 +275,7 @@ class Simulator:
         preset: str = "auto",
         branches: dict[str, str] | None = None,
         particle: str | int | None = None,
-        step_size: int = 100_000,
+        step_size: int = STEP_SIZE,
         copy_branches: bool | list[str] = False,
         overwrite: bool = False,
         progress: bool = True,
@@ -266,7 +283,8 @@ class Simulator:
     ) -> Path:
         """Simulate every particle of a ROOT file into ``output`` (.root or .h5), chunk by chunk.
 
-        Reads ``step_size`` events at a time (bounded memory) with :func:`fastcalo.particles.iterate`
+        Reads ``step_size`` events at a time (default 10 000: bounded memory, about 0.7 GB peak for
+        NanoAOD-style photons, benchmarks/step_size.py) with :func:`fastcalo.particles.iterate`
         (``tree``, ``collection``, ``preset``, ``branches``, ``particle`` as there) and writes the
         showers atomically (a failure leaves no output file), in the input's order:
 

@@ -73,3 +73,48 @@ def test_mc_unwritable_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     with pytest.raises(SystemExit):
         main(["mc", "--n", "1", "-o", str(tmp_path / "no" / "x.root"), "--no-progress"])
     assert "does not exist" in capsys.readouterr().err
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """Run the CLI, expecting exit 2 with one line 'fastcalo: error: ...' and no traceback."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("fastcalo: error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--threads", "-1"], r"--threads must be 0 \(all cores\) or a positive number of threads, at most \d+ here, got -1"),
+        (["--threads", "100000"], r"--threads must be 0 \(all cores\) .* got 100000"),
+        (["--chunk-size", "0"], r"--chunk-size must be >= 1 \(showers per chunk in memory\), got 0"),
+        (["--chunk-size", "-3"], r"--chunk-size must be >= 1 .* got -3"),
+    ],
+)
+def test_mc_bad_options_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
+    import re
+
+    line = _one_line_error(capsys, ["mc", "--n", "2", "-o", str(tmp_path / "x.h5"), "--no-progress", *args])
+    assert re.search(message, line), line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_mc_like_an_empty_shower_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.h5"
+    with ds.ShowerWriter(empty):
+        pass
+    line = _one_line_error(capsys, ["mc", "--like", str(empty), "-o", str(tmp_path / "x.h5"), "--no-progress"])
+    assert line == f"fastcalo: error: --like {empty}: the file holds no showers"
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_mc_library_chunk_size() -> None:
+    from fastcalo import mc
+
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match=r"chunk_size must be an integer >= 1"):
+            mc.simulate_to_file(mc.sample_conditions(2, energy=5.0), "never.h5", chunk_size=bad, progress=False)  # type: ignore[arg-type]

@@ -58,3 +58,23 @@ def test_bad_geometry_and_response() -> None:
         Detector(n_cells=0)
     with pytest.raises(ValueError, match="Response.noise must be finite and >= 0"):
         Response(noise=float("nan"))
+
+
+def test_pdgids_are_integer_values_in_int32_range() -> None:
+    import numpy as np
+
+    from fastcalo.detector import as_pdgids
+
+    assert pdgid_of(11.0) == 11 and pdgid_of(np.float32(-11.0)) == -11
+    for bad in (11.2, 22.7, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"a PDG id must be an integer \(e.g. 22 or 22.0\)"):
+            pdgid_of(bad)
+    with pytest.raises(ValueError, match="unknown particle True"):
+        pdgid_of(True)
+    assert as_pdgids([22, 11.0, -11]).tolist() == [22, 11, -11] and as_pdgids([22]).dtype == np.int32
+    with pytest.raises(ValueError, match=r"non-integer value\(s\), the first 22.7 at index 1"):
+        as_pdgids([22.0, 22.7])
+    with pytest.raises(ValueError, match=r"int32 range \[-2147483648, 2147483647\]: 1 outside, the first 4294967318 at index 0"):
+        as_pdgids(np.array([2**32 + 22], dtype=np.int64))
+    with pytest.raises(ValueError, match="PDG ids must be integer numbers"):
+        as_pdgids(["22"])

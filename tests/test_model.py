@@ -278,3 +278,100 @@ def test_in_place_zero_suppression_equals_the_plain_one(dtype: torch.dtype) -> N
         expected = pre.zero_suppress(cells.clone())
         got = pre.zero_suppress_(cells.clone())
         assert torch.equal(got, expected), (threshold, dtype, got, expected)
+
+
+# -- nothing silent: a model that cannot give sound showers does not load (reliability)
+
+
+def _edit_json(path, edit) -> None:  # type: ignore[no-untyped-def]
+    meta = json.loads((path / "model.json").read_text())
+    edit(meta)
+    (path / "model.json").write_text(json.dumps(meta))
+
+
+def test_non_finite_weights_are_refused_at_load_even_with_a_matching_sha256(tmp_path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from fastcalo.model import file_sha256
+
+    path = save(ShowerModel(CONFIGS["mlp-cell-noise"]), tmp_path / "m")
+    for name in ("generator.net.0.weight", "energy.net.0.bias"):
+        state = load_file(str(path / "model.safetensors"))
+        key = next(k for k in state if k.startswith(name.rsplit(".", 2)[0]) and k.endswith(name.rsplit(".", 1)[1]))
+        state[key] = state[key].clone()
+        state[key].view(-1)[0] = float("nan") if "weight" in name else float("inf")
+        save_file(state, str(path / "model.safetensors"))  # a new header: no physics digest
+        _edit_json(path, lambda meta: meta.update(weights_sha256=file_sha256(path / "model.safetensors")))
+        with pytest.raises(ModelFileError, match=rf"tensor '{key}' holds 1 non-finite value"):
+            load(path)
+        path = save(ShowerModel(CONFIGS["mlp-cell-noise"]), tmp_path / "m", overwrite=True)
+    model = ShowerModel(CONFIGS["mlp"])
+    with torch.no_grad():
+        next(model.generator.parameters())[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="cannot save the model .* non-finite"):
+        save(model, tmp_path / "nan")
+    assert not (tmp_path / "nan").exists()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("r_std", float("nan"), r"preprocessing.r_std must be a finite number > 0, got nan"),
+        ("r_std", 0.0, r"preprocessing.r_std must be a finite number > 0, got 0.0"),
+        ("r_mean", float("inf"), r"preprocessing.r_mean must be a finite number, got inf"),
+        ("e0", -0.005, r"preprocessing.e0 must be a finite number > 0"),
+        ("threshold", -1.0, r"preprocessing.threshold must be a finite number >= 0, got -1.0"),
+        ("threshold", 0.001, r"threshold must equal the detector's response.threshold \(0.005 GeV\), got 0.001"),
+        ("threshold", "0.005", r"preprocessing.threshold must be a finite number >= 0, got '0.005'"),
+    ],
+)
+def test_bad_preprocessing_in_model_json_is_refused(tmp_path, key: str, value: object, match: str) -> None:
+    import shutil
+
+    from fastcalo.model import DEFAULT_MODEL
+
+    for path in (save(ShowerModel(CONFIGS["mlp"]), tmp_path / "saved"), tmp_path / "shipped"):
+        if path.name == "shipped":
+            shutil.copytree(DEFAULT_MODEL, path)
+        _edit_json(path, lambda meta: meta["preprocessing"].update({key: value}))
+        with pytest.raises(ModelFileError, match=match):
+            load(path)
+
+
+def test_hand_edited_condition_ranges_are_refused(tmp_path) -> None:
+    """model.json is not covered by the weights' sha256: its physics content is bound to the weights
+    by physics_sha256 (in the weights' header; for the shipped model, known to the package)."""
+    import shutil
+
+    from fastcalo.model import DEFAULT_MODEL, physics_sha256
+
+    saved = save(ShowerModel(CONFIGS["mlp"]), tmp_path / "saved")
+    shipped = tmp_path / "shipped"
+    shutil.copytree(DEFAULT_MODEL, shipped)
+    for path in (saved, shipped):
+        load(path)  # as saved (or shipped): loads
+        original = (path / "model.json").read_text()
+        # only the top-level copy: it must equal the detector's ranges
+        _edit_json(path, lambda meta: meta["conditions"].update(energy=[0.001, 1e6]))
+        with pytest.raises(ModelFileError, match=r"conditions .* differ from the detector's condition ranges"):
+            load(path)
+        # both copies: what the weights were saved with no longer matches
+        _edit_json(path, lambda meta: meta["detector"]["conditions"].update(energy=[0.001, 1e6]))
+        with pytest.raises(ModelFileError, match="not those the weights were saved with .* edited after saving"):
+            load(path)
+        # the digest in model.json updated too: the weights' header (or the shipped table) still says no
+        _edit_json(path, lambda meta: meta.update(physics_sha256=physics_sha256(meta)))
+        with pytest.raises(ModelFileError, match="the weights file records"):
+            load(path)
+        (path / "model.json").write_text(original)
+        # a non-physics edit (the training record) is fine
+        _edit_json(path, lambda meta: meta["training"].update(note="edited"))
+        assert load(path).metadata["training"]["note"] == "edited"
+
+
+@pytest.mark.parametrize("text", ["[1, 2, 3]", '"model"', "42"])
+def test_model_json_that_is_not_an_object(tmp_path, text: str) -> None:
+    path = save(ShowerModel(CONFIGS["mlp"]), tmp_path / "m")
+    (path / "model.json").write_text(text)
+    with pytest.raises(ModelFileError, match=r"expected a JSON object \(format 'fastcalo.model'\), found a JSON (list|str|int)"):
+        load(path)

@@ -424,3 +424,46 @@ def test_iterate_concatenates_to_read(tmp_path: Path) -> None:
     assert ak.concatenate([c for _, _, c in ranged]).tolist() == part.tolist() == whole[100:130].tolist()
     with pytest.raises(ValueError, match="step_size"):
         next(fp.iterate(path, collection="Electron", step_size=0))
+
+
+# --- nothing silent: PDG ids are checked before the int32 cast; damaged files are one clear error
+
+
+@pytest.mark.parametrize(
+    ("pdgid", "match"),
+    [
+        ([[22.0, 22.7]], r"pdgId: 1 non-integer PDG ids \(22 or 22.0, never 22.7\), the first at event 0, particle 1 \(22.7\)"),
+        ([[11.2]], r"pdgId: 1 non-integer PDG ids .* \(11.2\)"),
+        ([[22, 2**32 + 22]], r"pdgId: 1 PDG ids outside the int32 range \[-2147483648, 2147483647\], the first at event 0, particle 1 \(4294967318\)"),
+    ],
+)
+def test_pdgids_are_integers_in_int32_range_before_the_cast(tmp_path: Path, pdgid: list[list[float]], match: str) -> None:
+    dtype = np.int64 if isinstance(pdgid[0][-1], int) else np.float64
+    n = len(pdgid[0])
+    photon = ak.zip({"pt": _jagged([[10.0] * n]), "eta": _jagged([[0.1] * n]), "phi": _jagged([[0.0] * n]), "pdgId": _jagged(pdgid, dtype)})
+    path = write_tree(tmp_path / "nano.root", {"Photon": photon})
+    with pytest.raises(ValueError, match=match):
+        fp.read(path, collection="Photon")
+    with pytest.raises(ValueError, match=match):
+        list(fp.iterate(path, collection="Photon", step_size=1))
+    # in memory too (the same check), and integer-valued floats are fine
+    with pytest.raises(ValueError, match=match.replace("the first at event 0, particle 1", "the first at event 0, particle .")):
+        fp.standardize(photon)
+    fine = ak.zip({"pt": _jagged([[10.0]]), "eta": _jagged([[0.1]]), "phi": _jagged([[0.0]]), "pdgId": _jagged([[11.0]], np.float64)})
+    assert fp.standardize(fine).pdgid.tolist() == [[11]]
+
+
+def test_a_damaged_root_file_is_one_clear_error(tmp_path: Path) -> None:
+    good = fp.write_example(tmp_path / "events.root", n_events=2000, seed=1)
+    blob = bytearray(good.read_bytes())
+    middle = len(blob) // 2
+    for start in (middle, 0):
+        damaged = bytearray(blob)
+        for i in range(start, start + 64):
+            damaged[i] ^= 0xFF
+        path = tmp_path / f"damaged{start}.root"
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(fp.UnreadableFileError, match=rf"{path.name}: not a readable ROOT file \(.*\); is it damaged or truncated\?"):
+            fp.read(path, collection="Photon")
+        with pytest.raises(ValueError, match="not a readable ROOT file"):
+            list(fp.iterate(path, collection="Photon", step_size=500))

@@ -440,3 +440,150 @@ def test_cli_choices_are_the_library_constants() -> None:
     sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
     choices = {a.dest: tuple(a.choices) for a in sub.choices["simulate"]._actions if a.choices}
     assert choices == {"preset": particles.PRESETS, "dtype": tuple(DTYPES), "out_of_range": OUT_OF_RANGE}
+    import inspect
+
+    from fastcalo.simulator import STEP_SIZE
+
+    defaults = {a.dest: a.default for a in sub.choices["simulate"]._actions}
+    assert defaults["step_size"] == STEP_SIZE == inspect.signature(Simulator.run_file).parameters["step_size"].default
+
+
+# -- nothing silent: bad models and bad arguments are errors, never zeros or truncation (reliability)
+
+
+def _tiny(**changes: object):  # type: ignore[no-untyped-def]
+    from fastcalo.model import ModelConfig, ShowerModel
+
+    torch.manual_seed(0)
+    config = ModelConfig(latent_dim=4, generator_hidden=(16,), critic_hidden=(16,), energy_hidden=(8,), n_quantiles=9, **changes)  # type: ignore[arg-type]
+    return ShowerModel(config)
+
+
+@pytest.mark.parametrize("cell_noise", [False, True])
+@pytest.mark.parametrize("network", ["generator", "energy"])
+def test_a_model_with_nan_weights_is_an_error_not_empty_showers(network: str, cell_noise: bool) -> None:
+    model = _tiny(cell_noise=cell_noise)
+    with torch.no_grad():
+        for parameter in getattr(model, network).parameters():
+            parameter.fill_(float("nan"))
+    sim = Simulator(model, device="cpu", seed=1)
+    with pytest.raises(ValueError, match=r"non-finite shower\(s\) \(NaN or inf\), the first for particle 7 \(E=10.0 GeV"):
+        sim.sample(energy=[10.0, 50.0], first_index=7)
+
+
+def test_a_model_whose_showers_are_all_empty_is_an_error() -> None:
+    """A total forced to zero (r_mean far below 0: finite, so the model loads) gives only empty
+    images: an error. Skipped particles do not count; the shipped model never trips the rule."""
+    from fastcalo.model import Preprocessing, ShowerModel
+
+    tiny = _tiny()
+    broken = ShowerModel(tiny.config, preprocessing=Preprocessing(r_mean=-10.0))
+    broken.load_state_dict(tiny.state_dict())
+    with pytest.raises(ValueError, match=r"empty showers for all 3 simulated particle\(s\) of E >= 0.5 GeV .*first particle 0 \(E=1.0 GeV\)"):
+        Simulator(broken, device="cpu").sample(energy=[1.0, 10.0, 100.0])
+    skipped = Simulator(broken, device="cpu", out_of_range="skip").sample(energy=[500.0, 0.5])
+    assert not skipped.any()  # all skipped by the policy: nothing simulated, nothing to refuse
+    energy = np.full(2048, 1.0)  # the faintest showers in range, one call and one shower at a time
+    images = Simulator(seed=3, device="cpu").sample(energy=energy, eta=np.linspace(-1.5, 1.5, 2048), particle="positron")
+    assert (images.reshape(2048, -1).max(axis=1) > 10 * 0.005).all()
+    for index in (0, 1, 2):
+        assert Simulator(seed=3, device="cpu").sample(energy=1.0, eta=1.5, first_index=index).any()
+
+
+def test_out_of_range_energy_is_printed_with_enough_digits(sim: Simulator) -> None:
+    with pytest.raises(ValueError, match=r"energy outside \[1.0, 100.0\] GeV, first particle 1: E=100.0000001 GeV"):
+        sim.sample(energy=[50.0, 100.0000001])
+    with pytest.raises(ValueError, match=r"eta outside \[-1.5, 1.5\], first particle 0: E=5.0 GeV, eta=1.5000000001"):
+        sim.sample(energy=5.0, eta=1.5000000001)
+
+
+def test_particle_ids_and_counts_are_integers(sim: Simulator) -> None:
+    np.testing.assert_array_equal(sim.sample(energy=10.0, particle=11.0, n=2), sim.sample(energy=10.0, particle=11, n=2))
+    for particle in (11.2, 22.7, [22, 22.5]):
+        with pytest.raises(ValueError, match=r"sample: particle: a PDG id must be an integer \(e.g. 22 or 22.0\), got (11.2|22.7|22.5)"):
+            sim.sample(energy=10.0, particle=particle)
+    with pytest.raises(ValueError, match="unknown particle 4294967318"):
+        sim.sample(energy=10.0, particle=2**32 + 22)
+    for n in (2.5, -1, True, "3"):
+        with pytest.raises(ValueError, match=r"sample: n must be an integer >= 0 \(the number of showers\), got"):
+            sim.sample(energy=10.0, n=n)  # type: ignore[arg-type]
+    assert sim.sample(energy=10.0, n=0).shape == (0, 24, 24)
+    assert sim.sample(energy=10.0, n=np.int64(2)).shape == (2, 24, 24)
+    from fastcalo.engine import Particles
+
+    with pytest.raises(ValueError, match=r"PDG ids must be integers .* the first 22.7 at index 1"):
+        Particles.of(energy=[1.0, 2.0], pdgid=[22, 22.7])
+    with pytest.raises(ValueError, match=r"PDG ids must lie in the int32 range .* the first 4294967318"):
+        Particles.of(energy=1.0, pdgid=np.int64(2**32 + 22))
+
+
+@pytest.mark.parametrize("seed", [1.5, 1.0, -1, 2**63, 2**64 + 3, True, "1"])
+def test_seeds_are_integers_in_range(seed: object) -> None:
+    from fastcalo.engine import Engine
+
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*63\), got"):
+        Simulator(seed=seed, device="cpu")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*63\)"):
+        Engine(_tiny(), seed=seed)  # type: ignore[arg-type]
+
+
+def test_seed_limits_and_devices() -> None:
+    assert Simulator(seed=2**63 - 1, device="cpu").seed == 2**63 - 1
+    assert Simulator(seed=np.uint64(5), device="cpu").seed == 5
+    for device in ("gpu", "tpu", "meta", "xla", "cuda:x"):
+        with pytest.raises(ValueError, match=r"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got"):
+            Simulator(device=device)
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """Run the CLI, expecting exit 2 with one line 'fastcalo: error: ...' and no traceback."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("fastcalo: error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--device", "tpu"], "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),
+        (["--device", "gpu"], "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu'"),
+        (["--threads", "-1"], "--threads must be 0 (torch's choice) or a positive number of threads, got -1"),
+        (["--seed", "-1"], "seed must be an integer in [0, 2**63), got -1 (int)"),
+        (["--seed", str(2**64)], "seed must be an integer in [0, 2**63), got 18446744073709551616"),
+    ],
+)
+def test_cli_simulate_bad_options_are_one_line(nano: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
+    line = _one_line_error(capsys, ["simulate", str(nano), "-o", str(tmp_path / "x.root"), "--collection", "Photon", "--no-progress", *args])
+    assert message in line, line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_simulate_damaged_root_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = particles.write_example(tmp_path / "events.root", n_events=2000, seed=1)
+    blob = bytearray(good.read_bytes())
+    middle = len(blob) // 2
+    blob[middle : middle + 64] = bytes(b ^ 0xFF for b in blob[middle : middle + 64])
+    damaged = tmp_path / "damaged.root"
+    damaged.write_bytes(bytes(blob))
+    line = _one_line_error(capsys, ["simulate", str(damaged), "-o", str(tmp_path / "x.h5"), "--collection", "Photon", "--device", "cpu", "--no-progress"])
+    assert f"{damaged}: not a readable ROOT file (" in line
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_cli_simulate_broken_model_is_one_line(nano: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    from fastcalo.model import DEFAULT_MODEL
+
+    model = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL, model)
+    meta = json.loads((model / "model.json").read_text())
+    meta["preprocessing"]["r_std"] = float("nan")
+    (model / "model.json").write_text(json.dumps(meta))
+    line = _one_line_error(capsys, ["simulate", str(nano), "-o", str(tmp_path / "x.root"), "--model", str(model), "--collection", "Photon", "--no-progress"])
+    assert "preprocessing.r_std must be a finite number > 0, got nan" in line
+    assert not (tmp_path / "x.root").exists()

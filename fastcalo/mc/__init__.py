@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from ..datasets import ShowerData, ShowerWriter
-from ..detector import DEFAULT_DETECTOR, ELECTRON_MASS, Detector, pdgid_of
+from ..detector import DEFAULT_DETECTOR, ELECTRON_MASS, Detector, as_pdgids, pdgid_of
 from ._physics import PhysicsTables, build_tables
 
 __all__ = (
@@ -200,7 +200,7 @@ def simulate(
     if isinstance(particle, (str, int, np.integer)):
         pdgid = np.full(n, pdgid_of(particle), dtype=np.int32)
     else:
-        pdgid = _as_column("particle", particle, n, np.int32)
+        pdgid = _as_column("particle", as_pdgids(np.asarray(particle).reshape(-1)), n, np.int32)  # 22.7 is an error, not 22
         for value in np.unique(pdgid):
             pdgid_of(int(value))
     low, high = detector.central_cell
@@ -359,8 +359,8 @@ def simulate_to_file(
         The number of showers written.
 
     Raises:
-        FileExistsError if ``path`` exists and ``overwrite`` is false, and what :func:`simulate`
-        raises.
+        FileExistsError if ``path`` exists and ``overwrite`` is false; ValueError for a
+        ``chunk_size`` below 1; and what :func:`simulate` raises.
 
     Example:
         >>> import tempfile, pathlib
@@ -373,6 +373,9 @@ def simulate_to_file(
     """
     from tqdm.auto import tqdm
 
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        msg = f"chunk_size must be an integer >= 1 (showers per chunk in memory), got {chunk_size!r}"
+        raise ValueError(msg)
     n = int(conditions["energy"].size)
     meta = {"generator": "fastcalo.mc", "seed": seed, "mc_config": config.__dict__}
     meta.update(metadata or {})
