@@ -37,6 +37,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import errno
 import json
 import logging
@@ -75,6 +76,7 @@ __all__ = (
     "ShowerWriter",
     "atomic_path",
     "file_kind",
+    "file_sha256",
     "iterate",
     "leftover_temporaries",
     "metadata",
@@ -314,6 +316,23 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The sha256 of a file's bytes, hex (read in 1 MiB blocks).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "empty"
+        >>> _ = path.write_bytes(b"")
+        >>> file_sha256(path)[:16]
+        'e3b0c44298fc1c14'
+    """
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class OutputExistsError(FileExistsError):

@@ -47,7 +47,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from .datasets import OutputExistsError
+from .datasets import OutputExistsError, file_sha256
 from .detector import DEFAULT_DETECTOR, PARTICLES, ConditionRanges, Detector
 
 __all__ = (
@@ -661,15 +661,6 @@ class ShowerModel(nn.Module):
             return Engine(self, seed=seed).simulate(table).images
         finally:
             self.train(was_training)
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file, hex (the weights checksum of model.json)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def physics_sha256(meta: Mapping[str, Any]) -> str:

@@ -42,7 +42,8 @@ import torch
 from ._names import near_misses
 from .detector import Detector, pdgid_of
 from .engine import BLOCK, DTYPES, OUT_OF_RANGE, Engine, Particles, check_seed, choose_device, stream_key
-from .model import DEFAULT_MODEL, ShowerModel, file_sha256, load
+from .datasets import file_sha256
+from .model import DEFAULT_MODEL, ShowerModel, load
 from .particles import Reader, flatten, open_tree, standardize
 from .scheduling import is_dask, run_dask, simulated_chunks
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -75,17 +76,6 @@ def test_mc_unwritable_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "does not exist" in capsys.readouterr().err
 
 
-def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
-    """Run the CLI, expecting exit 2 with one line 'fastcalo: error: ...' and no traceback."""
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("fastcalo: error: ") and "Traceback" not in err, err
-    return lines[0]
-
-
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -95,19 +85,19 @@ def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
         (["--chunk-size", "-3"], r"--chunk-size must be >= 1 .* got -3"),
     ],
 )
-def test_mc_bad_options_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
+def test_mc_bad_options_are_one_line(tmp_path: Path, one_line_error: Callable[[list[str]], str], args: list[str], message: str) -> None:
     import re
 
-    line = _one_line_error(capsys, ["mc", "--n", "2", "-o", str(tmp_path / "x.h5"), "--no-progress", *args])
+    line = one_line_error(["mc", "--n", "2", "-o", str(tmp_path / "x.h5"), "--no-progress", *args])
     assert re.search(message, line), line
     assert list(tmp_path.iterdir()) == []
 
 
-def test_mc_like_an_empty_shower_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_mc_like_an_empty_shower_file_is_one_line(tmp_path: Path, one_line_error: Callable[[list[str]], str]) -> None:
     empty = tmp_path / "empty.h5"
     with ds.ShowerWriter(empty):
         pass
-    line = _one_line_error(capsys, ["mc", "--like", str(empty), "-o", str(tmp_path / "x.h5"), "--no-progress"])
+    line = one_line_error(["mc", "--like", str(empty), "-o", str(tmp_path / "x.h5"), "--no-progress"])
     assert line == f"fastcalo: error: --like {empty}: the file holds no showers"
     assert not (tmp_path / "x.h5").exists()
 

@@ -292,7 +292,7 @@ def _edit_json(path, edit) -> None:  # type: ignore[no-untyped-def]
 def test_non_finite_weights_are_refused_at_load_even_with_a_matching_sha256(tmp_path) -> None:
     from safetensors.torch import load_file, save_file
 
-    from fastcalo.model import file_sha256
+    from fastcalo.datasets import file_sha256
 
     path = save(ShowerModel(CONFIGS["mlp-cell-noise"]), tmp_path / "m")
     for name in ("generator.net.0.weight", "energy.net.0.bias"):

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import awkward as ak
@@ -535,17 +536,6 @@ def test_seed_limits_and_devices() -> None:
             Simulator(device=device)
 
 
-def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
-    """Run the CLI, expecting exit 2 with one line 'fastcalo: error: ...' and no traceback."""
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("fastcalo: error: ") and "Traceback" not in err, err
-    return lines[0]
-
-
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -556,25 +546,25 @@ def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
         (["--seed", str(2**64)], "seed must be an integer in [0, 2**63), got 18446744073709551616"),
     ],
 )
-def test_cli_simulate_bad_options_are_one_line(nano: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
-    line = _one_line_error(capsys, ["simulate", str(nano), "-o", str(tmp_path / "x.root"), "--collection", "Photon", "--no-progress", *args])
+def test_cli_simulate_bad_options_are_one_line(nano: Path, tmp_path: Path, one_line_error: Callable[[list[str]], str], args: list[str], message: str) -> None:
+    line = one_line_error(["simulate", str(nano), "-o", str(tmp_path / "x.root"), "--collection", "Photon", "--no-progress", *args])
     assert message in line, line
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cli_simulate_damaged_root_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_simulate_damaged_root_file_is_one_line(tmp_path: Path, one_line_error: Callable[[list[str]], str]) -> None:
     good = particles.write_example(tmp_path / "events.root", n_events=2000, seed=1)
     blob = bytearray(good.read_bytes())
     middle = len(blob) // 2
     blob[middle : middle + 64] = bytes(b ^ 0xFF for b in blob[middle : middle + 64])
     damaged = tmp_path / "damaged.root"
     damaged.write_bytes(bytes(blob))
-    line = _one_line_error(capsys, ["simulate", str(damaged), "-o", str(tmp_path / "x.h5"), "--collection", "Photon", "--device", "cpu", "--no-progress"])
+    line = one_line_error(["simulate", str(damaged), "-o", str(tmp_path / "x.h5"), "--collection", "Photon", "--device", "cpu", "--no-progress"])
     assert f"{damaged}: not a readable ROOT file (" in line
     assert not (tmp_path / "x.h5").exists()
 
 
-def test_cli_simulate_broken_model_is_one_line(nano: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_simulate_broken_model_is_one_line(nano: Path, tmp_path: Path, one_line_error: Callable[[list[str]], str]) -> None:
     import shutil
 
     from fastcalo.model import DEFAULT_MODEL
@@ -584,6 +574,6 @@ def test_cli_simulate_broken_model_is_one_line(nano: Path, tmp_path: Path, capsy
     meta = json.loads((model / "model.json").read_text())
     meta["preprocessing"]["r_std"] = float("nan")
     (model / "model.json").write_text(json.dumps(meta))
-    line = _one_line_error(capsys, ["simulate", str(nano), "-o", str(tmp_path / "x.root"), "--model", str(model), "--collection", "Photon", "--no-progress"])
+    line = one_line_error(["simulate", str(nano), "-o", str(tmp_path / "x.root"), "--model", str(model), "--collection", "Photon", "--no-progress"])
     assert "preprocessing.r_std must be a finite number > 0, got nan" in line
     assert not (tmp_path / "x.root").exists()

@@ -8,7 +8,6 @@ sense (deposits of the order of the incident energy).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import datasets
-from ..datasets import ShowerData
+from ..datasets import ShowerData, file_sha256
 from ..detector import Detector
 from . import observables as obs
 
@@ -139,14 +138,6 @@ def check_conditions(reference: ShowerData, generated: ShowerData, labels: tuple
         raise ValueError(msg)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_distinct_files(reference: str | os.PathLike[str], generated: str | os.PathLike[str]) -> None:
     """Raise ValueError if the two paths are the same file (however written: relative, absolute,
     through a symbolic or hard link) or two files with the same bytes (sha256, computed only when
@@ -168,7 +159,7 @@ def check_distinct_files(reference: str | os.PathLike[str], generated: str | os.
     if os.path.samefile(a, b):
         msg = f"{a} and {b} are the same file: it is given as both the reference and the generated sample"
         raise ValueError(msg)
-    if a.stat().st_size == b.stat().st_size and (digest := _sha256(a)) == _sha256(b):
+    if a.stat().st_size == b.stat().st_size and (digest := file_sha256(a)) == file_sha256(b):
         msg = f"{a} and {b} have the same content (sha256 {digest[:16]}…): both inputs are the same showers"
         raise ValueError(msg)
 
