@@ -56,6 +56,9 @@ def test_sample_rejects_mismatched_lengths(sim: Simulator) -> None:
         sim.sample(energy=[1.0, 2.0], eta=[0.0, 0.1, 0.2])
     with pytest.raises(ValueError, match="unknown particle 'muon'"):
         sim.sample(energy=10.0, particle="muon", n=2)
+    # a 2-D array of energies used to end in a numpy broadcast error
+    with pytest.raises(ValueError, match=r"scalars or 1-D arrays .* shapes \{'energy': \(2, 1\)\}"):
+        sim.sample(energy=np.full((2, 1), 10.0))
 
 
 @pytest.mark.parametrize("threads", [1, 2])
