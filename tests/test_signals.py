@@ -51,6 +51,14 @@ def _fastcalo(*args: str, limit: int | None = None, timeout: float = 300) -> sub
     )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _compiled_kernels(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Compile the MC kernels (numba writes its cache beside the sources) once, without a size
+    limit: else a limited child fails on numba's cache file before fastcalo writes anything."""
+    run = _fastcalo("mc", "--n", "2", "-o", str(tmp_path_factory.mktemp("warm") / "warm.h5"), "--no-progress")
+    assert run.returncode == 0, run.stderr
+
+
 def _assert_one_line(stderr: str, expected: str) -> None:
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1, stderr
