@@ -25,8 +25,8 @@ _MAX_TRIES = 1000  # rejection-sampling attempts before a process is declared cl
 _M = ELECTRON_MASS
 #: Seconds one call of the transport kernel should take: Python acts on a signal (Ctrl-C, SIGTERM)
 #: only between calls, as a compiled kernel cannot be interrupted. Shorter slices react faster but
-#: cost MC speed at every slice's end (0.25 s: about 0.88 of unsliced; 1 s with one shower at a
-#: time per thread: about 0.9-0.97, interleaved runs on 2 cores, noisy).
+#: cost MC speed at every slice's end (interleaved runs on 2 cores, noisy: 0.25 s slices split
+#: statically 0.79-0.91 of unsliced; 1 s slices, one shower at a time per thread, 0.74-0.99, mostly ~0.9).
 _SLICE_SECONDS = 1.0
 #: The kernels' arrays of lengths (mm), energies (GeV) and tables: float64.
 _Floats = NDArray[np.float64]
