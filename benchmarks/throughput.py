@@ -169,7 +169,7 @@ def main() -> None:
         c = model.conditions.encode(**c_np).to(device)
         e = torch.as_tensor(c_np["energy"], dtype=torch.float32, device=device)
         gen = torch.Generator(device=device).manual_seed(0)
-        z = torch.randn((batch, model.config.latent_dim), generator=gen, device=device)
+        z = torch.randn((batch, model.generator.n_inputs), generator=gen, device=device)
         u = torch.rand((batch,), generator=gen, device=device)
         noise = torch.randn((batch, model.detector.n_total_cells), generator=gen, device=device) if model.config.cell_noise else None
         model.generate(c, e, z, u, noise)  # warm-up

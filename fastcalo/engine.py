@@ -479,7 +479,7 @@ class Engine:
         """The random inputs of whole blocks of particles (BLOCK rows each): latent z, the energy
         model's uniforms u, cell noise (if the model adds it) on the device, impact-point
         uniforms (numpy)."""
-        latent = self.model.config.latent_dim
+        latent = self.model.generator.n_inputs
         cells = self.model.detector.n_total_cells if self.model.config.cell_noise else 0
         inference = torch.is_inference_mode_enabled()  # thread-local: the pool's threads take it from here
 

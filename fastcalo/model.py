@@ -113,6 +113,25 @@ class ModelConfig:
         cell_noise: add the detector's Gaussian electronic noise (``Response.noise`` per cell) to
             the generated deposit before zero suppression, as the MC does: the generator learns the
             deposit, the known noise makes the isolated hits beyond the shower.
+        photostatistics: with ``cell_noise``, the response layer also smears each cell by its
+            photo-statistics, as the MC does (``Response.photoelectrons_per_gev``), in the Gaussian
+            approximation of the Poisson term: a cell of deposit E reads
+            E + sqrt(noise^2 + E / yield) g with one standard normal g per cell (the same draw as
+            the noise: no extra random numbers), differentiable in training. The generator then
+            learns the deposit before the response.
+        generator_noise: per-unit stochasticity inside the MLP generator, beyond the latent z.
+            ``"none"``; ``"hidden"``: standard normals added to the last hidden layer with a
+            learned scale per unit, zero at the start (the noise inputs of StyleGAN,
+            arXiv:1812.04948, in an MLP); ``"cells"``: a stochastic output layer, the logits
+            mu + sigma g per cell with mu and log sigma both outputs of the network (the
+            reparameterisation of arXiv:1312.6114), sigma starting near zero. The extra standard
+            normals are drawn with z (:attr:`Generator.n_inputs`).
+        critic_minibatch_std: group size of the critic's minibatch standard deviation
+            (arXiv:1710.10196), 0 for none: within groups of this many showers of a batch, the
+            standard deviation of every cell (network units), averaged over four regions around
+            the central cell (the cell itself, the rest of the 3x3, the rest of the 7x7, the
+            outside), four inputs more for every shower of the group: the critic sees the spread
+            of the cells, not only each shower alone. Batches must be multiples of the group size.
         energy: how the total (deposited fraction r) is learned. ``"model"``: a dedicated energy
             model (:class:`EnergyModel`, conditional quantiles, pinball loss) trained before the
             GAN. ``"loss"``: an :class:`EnergyGenerator` trained with the generator, by the
@@ -134,6 +153,9 @@ class ModelConfig:
     n_quantiles: int = 100
     quantile_tail: float = 0.0
     cell_noise: bool = False
+    photostatistics: bool = False
+    generator_noise: str = "none"
+    critic_minibatch_std: int = 0
     energy: str = "model"
     critic_features: bool = False
     negative_slope: float = 0.2
@@ -141,6 +163,18 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.kind not in ("mlp", "conv"):
             msg = f"ModelConfig.kind must be 'mlp' or 'conv', got {self.kind!r}"
+            raise ValueError(msg)
+        if self.generator_noise not in ("none", "hidden", "cells"):
+            msg = f"ModelConfig.generator_noise must be 'none', 'hidden' or 'cells', got {self.generator_noise!r}"
+            raise ValueError(msg)
+        if self.generator_noise != "none" and self.kind != "mlp":
+            msg = f"ModelConfig.generator_noise={self.generator_noise!r} needs the MLP generator (kind='mlp'), got kind={self.kind!r}"
+            raise ValueError(msg)
+        if self.photostatistics and not self.cell_noise:
+            msg = "ModelConfig.photostatistics needs cell_noise = true (the smearing uses the cell-noise draws)"
+            raise ValueError(msg)
+        if not isinstance(self.critic_minibatch_std, int) or isinstance(self.critic_minibatch_std, bool) or not (self.critic_minibatch_std == 0 or self.critic_minibatch_std >= 2):
+            msg = f"ModelConfig.critic_minibatch_std must be 0 (off) or a group size >= 2, got {self.critic_minibatch_std!r}"
             raise ValueError(msg)
         if self.energy not in ("model", "loss"):
             msg = f"ModelConfig.energy must be 'model' or 'loss', got {self.energy!r}"
@@ -444,15 +478,30 @@ class EnergyGenerator(nn.Module):
 
 
 class Generator(nn.Module):
-    """Noise (N, latent_dim), conditions (N, n_c) and standardised r (N,) -> cell logits (N, 576)."""
+    """Standard normals (N, :attr:`n_inputs`), conditions (N, n_c) and standardised r (N,) -> cell
+    logits (N, 576). The normals are the latent z (``latent_dim``) followed by the per-unit noise
+    of ``config.generator_noise``."""
 
     def __init__(self, config: ModelConfig, n_conditions: int, n_cells: int) -> None:
         super().__init__()
         self.config = config
         self.side = n_cells
         n_in = config.latent_dim + n_conditions + 1
+        #: the standard normals a shower needs: z, then the per-unit noise
+        self.n_inputs = config.latent_dim
         if config.kind == "mlp":
-            self.net = _mlp([n_in, *config.generator_hidden, n_cells * n_cells], config.negative_slope)
+            n_out = n_cells * n_cells * (2 if config.generator_noise == "cells" else 1)
+            self.net = _mlp([n_in, *config.generator_hidden, n_out], config.negative_slope)
+            if config.generator_noise == "hidden":
+                self.n_inputs += config.generator_hidden[-1]
+                # the learned scale of the noise of each unit of the last hidden layer, 0 at the start
+                self.noise_scale = nn.Parameter(torch.zeros(config.generator_hidden[-1]))
+            elif config.generator_noise == "cells":
+                self.n_inputs += n_cells * n_cells
+                with torch.no_grad():  # log sigma starts at -4 for every cell (sigma ~ 0.02)
+                    last = _last_linear(self.net)
+                    last.weight[n_cells * n_cells :].zero_()
+                    last.bias[n_cells * n_cells :].fill_(-4.0)
         else:
             if n_cells % 4:
                 msg = f"the conv generator needs a side divisible by 4, got {n_cells}"
@@ -485,11 +534,24 @@ class Generator(nn.Module):
         if self.config.kind != "mlp":
             msg = f"only the MLP generator starts from the average shape, not {self.config.kind!r}"
             raise ValueError(msg)
-        _last_linear(self.net).bias.copy_(torch.as_tensor(np.log(mean_fractions + 1e-7), dtype=torch.float32))
+        n = self.side * self.side
+        _last_linear(self.net).bias[:n].copy_(torch.as_tensor(np.log(mean_fractions + 1e-7), dtype=torch.float32))
 
     def forward(self, z: torch.Tensor, c: torch.Tensor, r_code: torch.Tensor) -> torch.Tensor:
-        logits: torch.Tensor = self.net(torch.cat([z, c, r_code[:, None]], dim=1))
-        return logits
+        latent = self.config.latent_dim
+        x = torch.cat([z[:, :latent], c, r_code[:, None]], dim=1)
+        noise = self.config.generator_noise
+        if noise == "none":
+            logits: torch.Tensor = self.net(x)
+            return logits
+        hidden = self.net[:-1](x)
+        if noise == "hidden":
+            hidden = hidden + self.noise_scale * z[:, latent:]
+        out: torch.Tensor = self.net[-1](hidden)
+        if noise == "hidden":
+            return out
+        n = self.side * self.side
+        return out[:, :n] + torch.exp(out[:, n:]) * z[:, latent:]
 
 
 class Critic(nn.Module):
@@ -497,7 +559,10 @@ class Critic(nn.Module):
 
     #: number of shower features added to the critic's inputs with ``config.critic_features``
     N_FEATURES = 5
+    #: number of regions of the minibatch standard deviation (``config.critic_minibatch_std``)
+    N_REGIONS = 4
     coords: torch.Tensor  # (n_cells,) cell centres in cell units (a buffer, with critic_features)
+    regions: torch.Tensor  # (N_REGIONS, n_cells^2) averaging weights (a buffer, with critic_minibatch_std)
 
     def __init__(self, config: ModelConfig, n_conditions: int, n_cells: int, preprocessing: Preprocessing | None = None) -> None:
         super().__init__()
@@ -509,6 +574,15 @@ class Critic(nn.Module):
             n_extra += self.N_FEATURES
             # cell centres in cell units, centred (not saved: derived from the detector's size)
             self.register_buffer("coords", torch.arange(n_cells, dtype=torch.float32) - (n_cells - 1) / 2, persistent=False)
+        self.group = config.critic_minibatch_std
+        if self.group:
+            n_extra += self.N_REGIONS
+            # Chebyshev distance of every cell from the central one: 0 | 1 | 2-3 | >= 4
+            index = torch.arange(n_cells) - n_cells // 2
+            distance = torch.maximum(index[:, None].abs(), index[None, :].abs()).reshape(-1)
+            region = torch.bucketize(distance, torch.tensor([0, 1, 3]), right=False)
+            weights = torch.nn.functional.one_hot(region, self.N_REGIONS).T.float()
+            self.register_buffer("regions", weights / weights.sum(dim=1, keepdim=True), persistent=False)
         slope = config.negative_slope
         if config.kind == "mlp":
             self.body: nn.Module = nn.Identity()
@@ -540,8 +614,22 @@ class Critic(nn.Module):
         brightest = cells.reshape(len(cells), -1).amax(dim=1) / total
         return torch.stack([cx, cy, wx, wy, brightest], dim=1)
 
+    def minibatch_std(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 4): within consecutive groups of ``config.critic_minibatch_std`` rows of ``x``
+        (network units), the standard deviation of every cell averaged over the four regions
+        (:attr:`N_REGIONS`), the same for every row of a group (arXiv:1710.10196, section 3)."""
+        n = x.shape[0]
+        if n % self.group:
+            msg = f"the critic's minibatch standard deviation needs batches of a multiple of {self.group} showers, got {n}"
+            raise ValueError(msg)
+        grouped = x.reshape(n // self.group, self.group, -1)
+        std = (grouped.var(dim=1, unbiased=False) + 1e-8).sqrt()
+        return (std @ self.regions.T).repeat_interleave(self.group, dim=0)
+
     def forward(self, x: torch.Tensor, c: torch.Tensor, r_code: torch.Tensor) -> torch.Tensor:
         extra = [c, r_code[:, None]] + ([self.shower_features(x)] if self.with_features else [])
+        if self.group:
+            extra.append(self.minibatch_std(x))
         score: torch.Tensor = self.head(torch.cat([self.body(x), *extra], dim=1))
         return score[:, 0]
 
@@ -586,7 +674,7 @@ class ShowerModel(nn.Module):
     ) -> torch.Tensor:
         """Generated cell energies (N, 576) in GeV: the softmax shape times E_dep = r E_inc (plus the
         electronic noise, standard normals ``noise`` (N, 576) times ``Response.noise``, if
-        ``config.cell_noise``), zero suppressed (soft or hard), then rescaled so that the cells sum
+        ``config.cell_noise``, with the photo-statistics in quadrature if ``config.photostatistics``), zero suppressed (soft or hard), then rescaled so that the cells sum
         to E_dep exactly (the energy model owns the total; without cell noise the scale factor is
         >= 1, so no kept cell drops below threshold; with it, cells pushed below are suppressed
         again, which loses at most a few threshold-sized cells). When generating (hard, no
@@ -603,7 +691,8 @@ class ShowerModel(nn.Module):
         noise = None if noise is None else noise.float()
         if not soft and not torch.is_grad_enabled():  # generation: the same steps, in place (fewer passes over memory)
             if noise is not None and self.config.cell_noise:
-                deposit.add_(noise * self.detector.response.noise)  # rounded as the training path rounds it
+                # rounded as the training path rounds it
+                deposit.add_(self._spread(deposit).mul_(noise) if self.config.photostatistics else noise * self.detector.response.noise)
             # a NaN or inf (a broken model) must not become an empty shower by zero suppression:
             # such rows come out all NaN, which the engine refuses, naming the particle
             broken = ~torch.isfinite(deposit.sum(dim=1)) | ~torch.isfinite(total[:, 0])
@@ -614,13 +703,42 @@ class ShowerModel(nn.Module):
             if bool(broken.any()):
                 deposit[broken] = float("nan")
             return deposit
-        if noise is not None and self.config.cell_noise:
-            deposit = (deposit + self.detector.response.noise * noise).clamp_min(0.0)
-        kept = self.preprocessing.zero_suppress(deposit, soft=soft)
+        kept = self.respond(deposit, noise, soft=soft) if noise is not None and self.config.cell_noise else self.preprocessing.zero_suppress(deposit, soft=soft)
         scaled = kept * (total / kept.sum(dim=1, keepdim=True).clamp_min(1e-12))
         if self.config.cell_noise and not soft:  # noise can make the factor < 1: re-apply the threshold
             scaled = self.preprocessing.zero_suppress(scaled)
         return scaled
+
+    def respond(self, deposit: torch.Tensor, noise: torch.Tensor, *, soft: bool = False) -> torch.Tensor:
+        """The detector response of the reference MC on deposits: cells (N, 576) in GeV read
+        ``deposit + sigma * noise`` (negatives clipped to 0), then zero suppressed (soft or hard).
+
+        ``sigma`` is the electronic noise (``Response.noise``) and, with
+        ``config.photostatistics``, the photo-statistics of the deposit in quadrature: the
+        Gaussian with the mean and variance of the MC's Poisson term (``Response``), so that it is
+        differentiable in training; for the few-photo-electron cells at the threshold (5 MeV,
+        about 10 photo-electrons) its shape differs from the Poisson's by its skewness only.
+
+        Arguments:
+            deposit: energies before the response, (N, 576) GeV.
+            noise: standard normals, one per cell, (N, 576).
+            soft: the differentiable threshold of training.
+
+        Example:
+            >>> model = ShowerModel(ModelConfig(cell_noise=True, photostatistics=True))
+            >>> cells = model.respond(torch.tensor([[0.0, 0.004, 1.0]]), torch.tensor([[0.0, 1.0, 1.0]]))
+            >>> [round(v, 4) for v in cells[0].tolist()]   # 4 MeV + 2.4 MeV; 1 GeV + 22 MeV
+            [0.0, 0.0064, 1.0224]
+        """
+        spread = self._spread(deposit) if self.config.photostatistics else self.detector.response.noise
+        return self.preprocessing.zero_suppress((deposit + spread * noise).clamp_min(0.0), soft=soft)
+
+    def _spread(self, deposit: torch.Tensor) -> torch.Tensor:
+        """The response's standard deviation per cell in GeV (a new tensor) with
+        ``config.photostatistics``: the photo-statistics of the deposit (the Gaussian
+        approximation of the Poisson term) and the electronic noise in quadrature."""
+        response = self.detector.response
+        return (deposit.clamp_min(0.0) / response.photoelectrons_per_gev + response.noise**2).sqrt()
 
     @torch.no_grad()
     def generate(

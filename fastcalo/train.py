@@ -214,7 +214,7 @@ def _draw(model: ShowerModel, real: _Batchable, rng: torch.Generator, energy: _E
     the cell noise (``cell_noise``)."""
     device = real.e.device
     c, e, r_real, x = real.take(torch.randint(len(real), (n,), generator=rng, device=device))
-    z = torch.randn((n, model.config.latent_dim), generator=rng, device=device)
+    z = torch.randn((n, model.generator.n_inputs), generator=rng, device=device)
     r_fake = energy(c, r_real)
     noise = torch.randn((n, model.detector.n_total_cells), generator=rng, device=device) if model.config.cell_noise else None
     fake = model.preprocessing.to_network(model.cells(z, c, r_fake, e, soft=True, noise=noise))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -18,6 +19,13 @@ CONFIGS = {
     "mlp-cell-noise": ModelConfig(latent_dim=8, generator_hidden=(32,), critic_hidden=(32,), energy_hidden=(16,), n_quantiles=20, cell_noise=True),
     "mlp-critic-features": ModelConfig(latent_dim=8, generator_hidden=(32,), critic_hidden=(32,), energy_hidden=(16,), n_quantiles=20, critic_features=True),
     "mlp-energy-loss": ModelConfig(latent_dim=8, generator_hidden=(32,), critic_hidden=(32,), energy_hidden=(16,), energy="loss"),
+    "mlp-hidden-noise": ModelConfig(
+        latent_dim=8, generator_hidden=(32,), critic_hidden=(32,), energy_hidden=(16,), n_quantiles=20,
+        cell_noise=True, photostatistics=True, generator_noise="hidden", critic_minibatch_std=5,
+    ),  # fmt: skip
+    "mlp-cell-sigma": ModelConfig(
+        latent_dim=8, generator_hidden=(32,), critic_hidden=(32,), energy_hidden=(16,), n_quantiles=20, generator_noise="cells"
+    ),
 }
 PARTICLES = {
     "energy": [1.0, 3.0, 10.0, 50.0, 100.0],
@@ -42,7 +50,7 @@ def test_sample_shapes_and_physics(model: ShowerModel) -> None:
     # the cells sum to the energy model's E_dep = r E_inc (rescaled after suppression)
     c = model.conditions.encode(**PARTICLES)
     g = torch.Generator().manual_seed(3)
-    z, u = torch.randn((5, model.config.latent_dim), generator=g), torch.rand(5, generator=g)
+    z, u = torch.randn((5, model.generator.n_inputs), generator=g), torch.rand(5, generator=g)
     noise = torch.randn((5, model.detector.n_total_cells), generator=g) if model.config.cell_noise else None
     model.eval()
     cells = model.generate(c, torch.tensor(PARTICLES["energy"], dtype=torch.float32), z, u, noise)
@@ -70,7 +78,7 @@ def test_every_parameter_gets_a_gradient(model: ShowerModel) -> None:
     else:  # the learned total: trained through the critic with the generator
         r_code = model.energy.sample(c, torch.rand(5))
         energy_loss = torch.zeros(())
-    z = torch.randn(5, model.config.latent_dim)
+    z = torch.randn(5, model.generator.n_inputs)
     noise = torch.randn(5, 576) if model.config.cell_noise else None
     fake = model.preprocessing.to_network(model.cells(z, c, r_code, e, soft=True, noise=noise))
     loss = model.critic(fake, c, r_code).sum() + energy_loss
@@ -375,3 +383,44 @@ def test_model_json_that_is_not_an_object(tmp_path, text: str) -> None:
     (path / "model.json").write_text(text)
     with pytest.raises(ModelFileError, match=r"expected a JSON object \(format 'fastcalo.model'\), found a JSON (list|str|int)"):
         load(path)
+
+
+@pytest.fixture(scope="module")
+def mc_deposits() -> tuple[np.ndarray, np.ndarray]:
+    """300 reference-MC photons at 10 GeV: deposits before the response and the MC's measured cells."""
+    from fastcalo import mc
+
+    result = mc.simulate(np.full(300, 10.0), eta=0.3, seed=11)
+    return result.true_images.reshape(300, -1), result.showers.images.reshape(300, -1).astype(np.float64)
+
+
+@pytest.mark.parametrize("photostatistics", [True, False])
+def test_response_layer_reproduces_the_mc_response(mc_deposits: tuple[np.ndarray, np.ndarray], photostatistics: bool) -> None:
+    """On the MC's own deposits, the model's response layer gives the MC's response: the hit rate of
+    pure-noise cells and, for deposits of every size, the mean and variance of the measured minus
+    the deposited energy (with photo-statistics; without it, the variance misses the Poisson term)."""
+    deposit, measured = mc_deposits
+    model = ShowerModel(ModelConfig(cell_noise=True, photostatistics=photostatistics))
+    g = torch.Generator().manual_seed(4)
+    ours = model.respond(torch.as_tensor(deposit, dtype=torch.float32), torch.randn(deposit.shape, generator=g)).double().numpy()
+    empty = deposit == 0
+    rates = [float(np.mean(x[empty] > 0)) for x in (measured, ours)]
+    tail = 1 - 0.5 * (1 + math.erf(2.5 / math.sqrt(2)))  # a 5 MeV threshold is 2.5 sigma of 2 MeV noise
+    error = math.sqrt(tail / empty.sum())
+    assert rates[0] == pytest.approx(tail, abs=5 * error) and rates[1] == pytest.approx(rates[0], abs=5 * error)
+    for low, high in [(0.02, 0.1), (0.1, 1.0), (1.0, 10.0)]:
+        inside = (deposit >= low) & (deposit < high)
+        d = deposit[inside]
+        shifts = [x[inside] - d for x in (measured, ours)]
+        expected = d / model.detector.response.photoelectrons_per_gev + model.detector.response.noise**2
+        mc_var, our_var = (float(np.mean(s**2) / np.mean(expected)) for s in shifts)  # 1 for the MC's response
+        n = int(inside.sum())
+        assert n > 300
+        assert mc_var == pytest.approx(1.0, abs=6 * math.sqrt(2 / n))
+        means = [float(np.mean(s) / math.sqrt(np.mean(expected) / n)) for s in shifts]  # in standard errors
+        assert abs(means[0]) < 5 and abs(means[1]) < 5
+        if photostatistics:
+            assert our_var == pytest.approx(1.0, abs=6 * math.sqrt(2 / n))
+        else:  # electronic noise alone: too narrow wherever the Poisson term matters
+            noise_only = model.detector.response.noise**2 / float(np.mean(expected))
+            assert our_var == pytest.approx(noise_only, abs=6 * math.sqrt(2 / n) + 0.05 * noise_only)
