@@ -7,9 +7,10 @@ is the second half with every image x replaced by 0.9 x + 0.1 E_dep <x / E_dep> 
 10 % less cell-to-cell fluctuation), then zero-suppressed again at the detector's threshold, so
 that the blend does not switch on cells the Monte Carlo reads as zero.
 
-Measured (2000 vs 2000 showers, 200 iterations): MC vs MC AUC 0.495 (every view 0.47-0.51,
-standard-deviation ratio 0.99 in the core and 1.01 outside the central 7x7); MC vs the deficit
-0.898 (views 0.57-0.90, ratio 0.89 in the core, 0.93 outside); a 30 % blend gives 0.998.
+Measured (2000 vs 2000 showers, 200 iterations): MC vs MC AUC 0.471 (every view 0.45-0.51,
+standard-deviation ratio 0.99 in the core and outside the central 7x7); MC vs the deficit 0.897
+(views 0.60-0.90; the total alone 0.60, as the zero suppression after blending removes 0.85 % of
+the energy; ratio 0.89 in the core, 0.91 outside); a 30 % blend gives 0.999.
 """
 
 from __future__ import annotations
@@ -58,22 +59,22 @@ def test_mc_against_mc_is_not_told_apart(same: Diagnosis) -> None:
     (point,) = same.points
     assert (point.particle, point.energy, point.n_reference, point.n_used) == ("photon", "5", 2000, 2000)
     assert point.conditions == ("impact_x", "impact_y")  # eta and the energy are fixed: not inputs
-    assert point.auc < 0.6  # measured 0.495
+    assert point.auc < 0.6  # measured 0.471
     assert abs(point.response_ratio - 1) < 0.01 and abs(point.resolution_ratio - 1) < 0.15
 
 
 def test_a_ten_percent_fluctuation_deficit_is_told_apart(deficit: Diagnosis, same: Diagnosis) -> None:
-    assert deficit.points[0].auc > 0.75  # measured 0.898
+    assert deficit.points[0].auc > 0.75  # measured 0.897
     assert deficit.points[0].auc > same.points[0].auc + 0.2
 
 
 def test_views_table(same: Diagnosis, deficit: Diagnosis) -> None:
     assert list(same.views) == list(VIEWS)
     assert same.views["all cells"] == same.points[0].auc
-    assert all(0.4 < auc < 0.62 for auc in same.views.values()), same.views  # measured 0.47-0.51
+    assert all(0.4 < auc < 0.62 for auc in same.views.values()), same.views  # measured 0.45-0.51
     assert same.views_at == same.points[0]
     # the deficit is in the cells' sharing of the energy, not in the total (about the same)
-    assert deficit.views["central 7x7"] > 0.75 > deficit.views["total energy"]  # measured 0.87, 0.64
+    assert deficit.views["central 7x7"] > 0.75 > deficit.views["total energy"]  # measured 0.87, 0.60
 
 
 def test_fluctuation_maps(same: Diagnosis, deficit: Diagnosis) -> None:
@@ -82,27 +83,30 @@ def test_fluctuation_maps(same: Diagnosis, deficit: Diagnosis) -> None:
     assert f.std_ratio.shape == (24, 24) and f.correlation_x[0].shape == (24, 24)
     assert np.isnan(f.std_ratio[0, 0])  # a corner: the mean is tiny there, masked
     assert np.isfinite(f.std_ratio[12, 12]) and np.all(np.isnan(f.correlation_x[0][-1]))
-    assert abs(f.core_std_ratio - 1) < 0.05 and abs(f.outside_std_ratio - 1) < 0.05  # 0.99, 1.01
-    assert abs(g.core_std_ratio - 0.9) < 0.04 and 0.85 < g.outside_std_ratio < 0.97  # 0.89, 0.93
+    assert abs(f.core_std_ratio - 1) < 0.05 and abs(f.outside_std_ratio - 1) < 0.05  # 0.99, 0.99
+    assert abs(g.core_std_ratio - 0.9) < 0.04 and 0.85 < g.outside_std_ratio < 0.97  # 0.89, 0.91
     # the blend changes the size of the fluctuations, hardly their correlations
     assert abs(f.central_correlation[0] - f.central_correlation[1]) < 0.03
     assert "too small by" in deficit.reading() and "agree" in same.reading()
 
 
-def test_the_report_section(halves: tuple[ShowerData, ShowerData], tmp_path: Path) -> None:
-    a, b = halves[0][:400], blend(halves[1][:400], 0.3)
-    report = compare(a, b, classifier=False, diagnosis=True, progress=False)
-    assert report.diagnosis is not None and report.diagnosis.points[0].auc > 0.8
+def test_the_report_section(halves: tuple[ShowerData, ShowerData], deficit: Diagnosis, tmp_path: Path) -> None:
+    a, b = halves[0][:100], halves[1][:100]
     assert compare(a, b, classifier=False, progress=False).diagnosis is None  # it follows the classifier
+    report = compare(a, b, classifier=False, diagnosis=True, progress=False)
+    assert report.diagnosis is not None and report.diagnosis.points == [] and "diagnosis" in report.timings
+    assert report.diagnosis.notes == ["photon 5 GeV left out: 100 reference and 100 generated showers, fewer than 300"]
+    assert report.diagnosis.reading() == "No energy point has 300 showers in both samples: no diagnosis."
+    report.diagnosis = deficit  # the section as it reads for the 2000 vs 2000 showers above (drawn once: plots are slow)
     path = report.write(tmp_path / "report")
     page = (path / "index.html").read_text()
-    assert "<h2>Where it fails</h2>" in page and "diagnosis_std_ratio.png" in page and "central 7x7 / total" in page
+    assert "<h2>Where it fails</h2>" in page and "diagnosis_std_ratio.png" in page and deficit.reading() in page
+    assert "<td>central 7x7 / total</td>" in page  # the views table
     metrics = json.loads((path / "metrics.json").read_text())
-    assert metrics["diagnosis"]["points"][0]["energy"] == "5"
+    assert metrics["diagnosis"]["points"][0]["energy"] == "5" and metrics["diagnosis"]["reading"] == deficit.reading()
     assert {"diagnosis_std_ratio.png", "diagnosis_correlations.png"} <= set(metrics["report_files"])
-    assert (path / "diagnosis_correlations.png").is_file()
+    assert (path / "diagnosis_correlations.png").stat().st_size > 10_000
     assert metrics["diagnosis"]["fluctuations"]["std_ratio"][0][0] is None  # masked cells as null
-    assert "diagnosis" in metrics["timings_s"]
 
 
 def test_groups_of_a_continuous_sample_are_merged_to_the_minimum() -> None:

@@ -179,15 +179,30 @@ def view_inputs(data: ShowerData, view: str, detector: Detector = DEFAULT_DETECT
     return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def boosted_auc(reference: Matrix, generated: Matrix, *, iterations: int = 200, seed: int = 0) -> float:
+def boosted_auc(
+    reference: Matrix,
+    generated: Matrix,
+    *,
+    groups: NDArray[np.int64] | None = None,
+    iterations: int = 200,
+    seed: int = 0,
+) -> float:
     """AUC of a gradient-boosted classifier telling ``reference`` rows from ``generated`` rows.
 
     scikit-learn's ``HistGradientBoostingClassifier`` (``max_iter=iterations``, no early stopping,
     ``random_state=seed``) is trained on 70 % of the rows, split stratified with ``seed``, and
     its AUC measured on the other 30 %: 0.5 when the samples cannot be told apart, 1 when fully.
 
+    Rows with the same ``groups`` label stay on the same side of the split. This matters for a
+    generated sample made for the reference's own conditions (``fastcalo mc --like``, or a
+    model run on the reference's particles), with the conditions among the inputs: a classifier
+    can learn each training shower's conditions, and the test shower with the same conditions,
+    whose twin it saw with the other label, then scores on the wrong side (AUCs below 0.5 where
+    the inputs carry no information). Grouping the twins removes that.
+
     Arguments:
         reference, generated: inputs (N, d) and (M, d), one row per shower.
+        groups: (N + M,) labels, reference rows first (default: every row its own group).
         iterations: boosting iterations.
         seed: the split and the classifier's random state.
 
@@ -215,10 +230,21 @@ def boosted_auc(reference: Matrix, generated: Matrix, *, iterations: int = 200, 
         raise ValueError(msg)
     x = np.vstack([reference, generated])
     y = np.concatenate([np.zeros(len(reference)), np.ones(len(generated))])
-    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.3, stratify=y, random_state=seed)
+    if groups is None:
+        groups = np.arange(len(y))
+    if groups.shape != y.shape:
+        msg = f"groups must have one label per row ({len(y)}), got shape {groups.shape}"
+        raise ValueError(msg)
+    # split the groups, stratified by what each holds: reference only, generated only, or both
+    labels, inverse = np.unique(groups, return_inverse=True)
+    kind = (np.bincount(inverse, weights=1 - y, minlength=len(labels)) > 0) + 2 * (np.bincount(inverse, weights=y, minlength=len(labels)) > 0)
+    counts = np.bincount(kind)
+    stratify = kind if counts[counts > 0].min() >= 2 else None
+    _, test_groups = train_test_split(np.arange(len(labels)), test_size=0.3, stratify=stratify, random_state=seed)
+    test = np.isin(inverse, test_groups)
     model = HistGradientBoostingClassifier(max_iter=iterations, early_stopping=False, random_state=seed)
-    model.fit(x_train, y_train)
-    return float(roc_auc_score(y_test, model.predict_proba(x_test)[:, 1]))
+    model.fit(x[~test], y[~test])
+    return float(roc_auc_score(y[test], model.predict_proba(x[test])[:, 1]))
 
 
 @dataclass(frozen=True)
@@ -502,6 +528,14 @@ def _condition_columns(data: ShowerData, binned: bool) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _twins(data: ShowerData) -> NDArray[np.int64]:
+    """A label per shower, equal for showers with the same conditions (energy, eta, impact point,
+    particle): the twins that a sample made for another's conditions has (see :func:`boosted_auc`)."""
+    rows = np.column_stack([data.energy, data.eta, data.impact_x, data.impact_y, data.pdgid.astype(np.float64)])
+    _, inverse = np.unique(rows, axis=0, return_inverse=True)
+    return np.asarray(inverse.reshape(-1), dtype=np.int64)
+
+
 def _with_conditions(x: Matrix, data: ShowerData, conditions: Sequence[str]) -> Matrix:
     columns = [np.log10(data.energy) if name == "log10_energy" else getattr(data, name) for name in conditions]
     return np.column_stack([x, *columns]) if columns else x
@@ -560,7 +594,7 @@ def diagnose(
     rng = np.random.default_rng(seed)
     bar = tqdm(total=len(groups) + len(chosen), desc="diagnosis", unit="fit", disable=not progress)
     points: list[ConditionPoint] = []
-    subsets: list[tuple[ShowerData, ShowerData, tuple[str, ...]]] = []
+    subsets: list[tuple[ShowerData, ShowerData, tuple[str, ...], NDArray[np.int64]]] = []
     with bar:
         for pdgid, low, high in groups:
             in_group = [s[(s.pdgid == pdgid) & obs.in_group(s.energy, low, high)] for s in (reference, generated)]
@@ -569,9 +603,11 @@ def diagnose(
                 if len(s) > max_showers:
                     s = s[np.sort(rng.choice(len(s), max_showers, replace=False))]
                 used.append(s)
-            conditions = _condition_columns(ShowerData.concatenate(used), binned=low != high)
+            both = ShowerData.concatenate(used)
+            conditions = _condition_columns(both, binned=low != high)
+            twins = _twins(both)
             x = [_with_conditions(view_inputs(s, "all cells", detector), s, conditions) for s in used]
-            auc = boosted_auc(x[0], x[1], iterations=iterations, seed=seed)
+            auc = boosted_auc(x[0], x[1], groups=twins, iterations=iterations, seed=seed)
             bar.update()
             rows = [obs.response_table(s, [(low, high)])[0] for s in in_group]
             response = _ratio(rows[0].mean, rows[0].mean_error, rows[1].mean, rows[1].mean_error)
@@ -584,23 +620,25 @@ def diagnose(
                     resolution_ratio=resolution[0], resolution_ratio_error=resolution[1],
                 )  # fmt: skip
             )
-            subsets.append((used[0], used[1], conditions))
+            subsets.append((used[0], used[1], conditions, twins))
         if not points:
             return Diagnosis(points, None, {}, None, notes, min_showers, max_showers, iterations)
-        # the most showers; among equals (e.g. all capped), the one nearest the middle of the log energy range
+        # the most showers; among those with at least 90 % of the most (e.g. all capped, or bins of a
+        # log-uniform spectrum), the one nearest the middle of the log energy range
         middle = 0.5 * (math.log(float(reference.energy.min())) + math.log(float(reference.energy.max())))
-        best = max(
-            range(len(points)),
-            key=lambda i: (points[i].n_used, -abs(0.5 * math.log(points[i].energy_low * points[i].energy_high) - middle)),
+        most = max(p.n_used for p in points)
+        best = min(
+            (i for i, p in enumerate(points) if p.n_used >= 0.9 * most),
+            key=lambda i: abs(0.5 * math.log(points[i].energy_low * points[i].energy_high) - middle),
         )
-        ref, gen, conditions = subsets[best]
+        ref, gen, conditions, twins = subsets[best]
         view_aucs: dict[str, float] = {}
         for view in chosen:
             if view == "all cells":
                 view_aucs[view] = points[best].auc
             else:
                 x = [_with_conditions(view_inputs(s, view, detector), s, conditions) for s in (ref, gen)]
-                view_aucs[view] = boosted_auc(x[0], x[1], iterations=iterations, seed=seed)
+                view_aucs[view] = boosted_auc(x[0], x[1], groups=twins, iterations=iterations, seed=seed)
             bar.update()
     return Diagnosis(
         points=points,

@@ -383,12 +383,16 @@ class Report:
             "16–84 % width over the median) of E<sub>dep</sub>/E<sub>inc</sub>, generated / reference, over all "
             "showers of the group. For scale: reference Monte Carlo against itself gives about 0.5, against a copy "
             "whose cell fluctuations are 10 % smaller at the same totals about 0.9.</p>"
-            "<table><tr><th>particle</th><th>E [GeV]</th><th>N ref / gen (used)</th><th>conditions added</th>"
-            "<th>AUC</th><th>response ratio</th><th>core resolution ratio</th></tr>" + rows + "</table>"
+            + (
+                "<table><tr><th>particle</th><th>E [GeV]</th><th>N ref / gen (used)</th><th>conditions added</th>"
+                "<th>AUC</th><th>response ratio</th><th>core resolution ratio</th></tr>" + rows + "</table>"
+                if rows
+                else ""
+            )
             + (f"<ul class='note'>{notes}</ul>" if notes else "")
             + (
                 f"<h3>Views at {html.escape(at.particle)} {at.energy} GeV: which part of the shower gives it away</h3>"
-                "<table><tr><th>view</th><th>inputs (cells around the impact cell)</th><th>AUC</th></tr>" + views + "</table>"
+                "<table><tr><th>view</th><th>inputs (and the conditions added above)</th><th>AUC</th></tr>" + views + "</table>"
                 if at is not None and views
                 else ""
             )
