@@ -281,13 +281,14 @@ def draw_std_ratio(fluctuations: Fluctuations, labels: Sequence[str], edges: NDA
     ratio = fluctuations.std_ratio
     finite = ratio[np.isfinite(ratio) & (ratio > 0)]
     spread = float(np.quantile(np.abs(np.log(finite)), 0.98)) if finite.size else np.log(1.5)
-    limit = float(np.exp(min(max(spread, np.log(1.1)), np.log(4.0))))
+    limit = float(np.exp(min(max(spread, np.log(1.12)), np.log(4.0))))
     fig, ax = plt.subplots(figsize=(7.5, 6.2))
     cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.85")
     mesh = ax.pcolormesh(edges, edges, np.ma.masked_invalid(ratio).T, norm=LogNorm(vmin=1 / limit, vmax=limit), cmap=cmap)
     bar = fig.colorbar(mesh, ax=ax, extend="both")
     bar.set_label(rf"$\sigma$ {names[1]} / $\sigma$ {names[0]}")
-    ticks = [t for t in (0.25, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 2.5, 4.0) if 1 / limit <= t <= limit]
+    fine = (0.95, 1.05) if limit < 1.3 else ()
+    ticks = [t for t in sorted((0.25, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 2.5, 4.0, *fine)) if 1 / limit <= t <= limit]
     bar.set_ticks(ticks)
     bar.set_ticklabels([f"{t:g}" for t in ticks])
     bar.ax.minorticks_off()
