@@ -375,7 +375,7 @@ class Report:
         return (
             f"<h2>Where it fails</h2><p><b>{html.escape(d.reading())}</b></p>"
             "<p class='note'>A gradient-boosted classifier (scikit-learn HistGradientBoostingClassifier, "
-            f"{d.iterations} iterations, fixed seed) tells reference from generated showers at each particle and energy "
+            f"{d.iterations} iterations, 64 bins per input, fixed seed) tells reference from generated showers at each particle and energy "
             "point (or log bin about a factor 1.5 wide) on the cells / E<sub>inc</sub>, with the conditions that vary "
             "within the group appended; split 70/30 (stratified), AUC on the 30 %, at most "
             f"{d.max_showers} showers of each sample per group, groups with fewer than {d.min_showers} showers in a "
