@@ -55,6 +55,7 @@ from ..detector import DEFAULT_DETECTOR, PARTICLES, Detector
 from . import observables as obs
 
 __all__ = (
+    "TOLD_APART",
     "VIEWS",
     "ConditionPoint",
     "Diagnosis",
@@ -380,7 +381,8 @@ class Diagnosis:
     #: view name (:data:`VIEWS`) -> AUC, in the order of :data:`VIEWS`.
     views: dict[str, float]
     fluctuations: Fluctuations | None
-    #: groups left out or merged, in words ("photon 1 GeV: 120 reference showers, below 300").
+    #: groups left out or merged, in words ("photon 1 GeV left out: 120 reference and 120 generated
+    #: showers, fewer than 300").
     notes: list[str] = field(default_factory=list)
     min_showers: int = 300
     max_showers: int = 4000
