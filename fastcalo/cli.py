@@ -449,7 +449,7 @@ def _validate_parser() -> argparse.ArgumentParser:
         help="replace an existing report directory; only a fastcalo report is replaced, never the current directory or one holding an input",
     )
     parser.add_argument("--max-showers", type=int, default=None, help="read at most this many showers per file")
-    parser.add_argument("--no-classifier", action="store_true", help="skip the classifier AUC (the slowest step)")
+    parser.add_argument("--no-classifier", action="store_true", help="skip the classifiers: the AUC and the 'Where it fails' diagnosis (the slowest steps)")
     parser.add_argument(
         "--thresholds", type=Path, default=None, help="TOML file overriding pass/fail thresholds (docs/validation.md)"
     )

@@ -20,6 +20,7 @@ from matplotlib.testing.compare import compare_images
 
 from fastcalo.detector import DEFAULT_DETECTOR
 from fastcalo.validation import plots
+from fastcalo.validation.diagnosis import Fluctuations
 from fastcalo.validation.observables import ResponsePoint
 
 BASELINE = Path(__file__).parent / "baseline"
@@ -50,10 +51,25 @@ def response_rows(scale: float) -> list[ResponsePoint]:
     return rows
 
 
+def fluctuation_maps() -> Fluctuations:
+    """Synthetic maps: fluctuations 10 % too large in the core, 10 % too small around it."""
+    idx = np.arange(24) - 12
+    x, y = np.meshgrid(idx, idx, indexing="ij")
+    r = np.hypot(x / 1.6, y)
+    inside = r < 6.5
+    ratio = np.where(inside, 0.9 + 0.2 * np.exp(-(r**2) / 4), np.nan)
+    reference = np.where(inside, 0.8 * np.exp(-r / 4) - 0.1, np.nan)
+    generated = np.where(inside, reference - 0.05 * np.cos(x), np.nan)
+    corr = (reference, generated)
+    return Fluctuations(ratio, corr, (reference.T.copy(), generated.T.copy()), 1e-3, 1.08, 0.91, (0.56, 0.52))
+
+
 FIGURES = {
     "overlay": lambda: plots.draw_overlay(*overlay_inputs()),
     "mean_image": lambda: plots.draw_mean_image(mean_images(), ["reference", "generated"], DEFAULT_DETECTOR.cell_edges),
     "response": lambda: plots.draw_response([response_rows(1.0), response_rows(1.1)], ["reference", "generated"]),
+    "std_ratio": lambda: plots.draw_std_ratio(fluctuation_maps(), ["reference", "generated"], DEFAULT_DETECTOR.cell_edges, title="photon, 10 GeV"),
+    "correlations": lambda: plots.draw_correlations(fluctuation_maps(), ["reference", "generated"], DEFAULT_DETECTOR.cell_edges, title="photon, 10 GeV"),
 }
 
 

@@ -17,14 +17,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 # mplhep ships no type information: to mypy its functions are Any
 import mplhep  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
+from matplotlib.colors import LogNorm, TwoSlopeNorm  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter  # noqa: E402
 from numpy.typing import NDArray  # noqa: E402
 
+from .diagnosis import Fluctuations  # noqa: E402
 from .observables import ResponsePoint  # noqa: E402
 
-__all__ = ("draw_mean_image", "draw_overlay", "draw_response")
+__all__ = ("draw_correlations", "draw_mean_image", "draw_overlay", "draw_response", "draw_std_ratio")
 
 _COLOURS = ("black", "tab:red", "tab:blue", "tab:green")
 
@@ -226,5 +228,124 @@ def draw_response(tables: Sequence[Sequence[ResponsePoint]], labels: Sequence[st
         axis.set_major_formatter(FormatStrFormatter("%g"))
         axis.set_minor_formatter(NullFormatter())
     top.legend(fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def _outline_windows(ax: Any, edges: NDArray[np.float64]) -> None:
+    """Outline the core (3x3) and the central 7x7 cells around the impact cell (index n // 2)."""
+    n = len(edges) - 1
+    size = edges[1] - edges[0]
+    for half, style, label in ((1, "-", "core 3x3"), (3, "--", "central 7x7")):
+        low = edges[n // 2 - half]
+        ax.add_patch(Rectangle((low, low), (2 * half + 1) * size, (2 * half + 1) * size, fill=False, lw=1.2, ls=style, ec="black", label=label))
+    ax.legend(loc="upper left", fontsize=9, framealpha=0.8)
+
+
+def _zoom(ax: Any, masks: Sequence[NDArray[np.bool_]], edges: NDArray[np.float64]) -> None:
+    """Limit the axes to the cells that hold a value (at least the central 7x7), square."""
+    n = len(edges) - 1
+    shown = np.zeros((n, n), dtype=bool)
+    for m in masks:
+        shown |= m
+    rows = np.flatnonzero(shown.any(axis=1) | shown.any(axis=0))
+    first, last = min(int(rows.min(initial=n)), n // 2 - 3), max(int(rows.max(initial=0)), n // 2 + 3)
+    first, last = max(first - 1, 0), min(last + 1, n - 1)
+    ax.set_xlim(edges[first], edges[last + 1])
+    ax.set_ylim(edges[first], edges[last + 1])
+
+
+def draw_std_ratio(fluctuations: Fluctuations, labels: Sequence[str], edges: NDArray[np.float64], *, title: str = "") -> Figure:
+    """Map of the per-cell standard deviation of cells / E_inc, generated over reference, on a
+    logarithmic colour scale centred on 1 (blue: too small, red: too large); masked cells (the
+    reference's mean too small) are grey. The core (3x3, solid) and the central 7x7 cells
+    (dashed) around the impact cell are outlined.
+
+    Arguments:
+        fluctuations: :func:`fastcalo.validation.diagnosis.fluctuations` of the two samples.
+        labels: the reference's and the generated sample's labels (their part before ":" is used).
+        edges: (n + 1,) cell edges in mm (:attr:`fastcalo.detector.Detector.cell_edges`).
+        title: above the map (e.g. the condition).
+
+    Example:
+        >>> from fastcalo import mc
+        >>> from fastcalo.validation.diagnosis import fluctuations
+        >>> a, b = (mc.simulate(np.full(100, 2.0), seed=s).showers for s in (1, 2))
+        >>> fig = draw_std_ratio(fluctuations(a, b), ["reference", "generated"], np.linspace(-120, 120, 25))
+        >>> fig.axes[1].get_ylabel().endswith("$ reference")  # the colour bar: sigma generated / sigma reference
+        True
+        >>> plt.close(fig)
+    """
+    _style()
+    names = [label.split(":")[0] for label in labels]
+    ratio = fluctuations.std_ratio
+    finite = ratio[np.isfinite(ratio) & (ratio > 0)]
+    spread = float(np.quantile(np.abs(np.log(finite)), 0.98)) if finite.size else np.log(1.5)
+    limit = float(np.exp(min(max(spread, np.log(1.12)), np.log(4.0))))
+    fig, ax = plt.subplots(figsize=(7.5, 6.2))
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.85")
+    mesh = ax.pcolormesh(edges, edges, np.ma.masked_invalid(ratio).T, norm=LogNorm(vmin=1 / limit, vmax=limit), cmap=cmap)
+    bar = fig.colorbar(mesh, ax=ax, extend="both")
+    bar.set_label(rf"$\sigma$ {names[1]} / $\sigma$ {names[0]}")
+    fine = (0.95, 1.05) if limit < 1.3 else ()
+    ticks = [t for t in sorted((0.25, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 2.5, 4.0, *fine)) if 1 / limit <= t <= limit]
+    bar.set_ticks(ticks)
+    bar.set_ticklabels([f"{t:g}" for t in ticks])
+    bar.ax.minorticks_off()
+    _outline_windows(ax, edges)
+    _zoom(ax, [np.isfinite(ratio)], edges)
+    ax.set_xlabel("x [mm]")
+    ax.set_ylabel("y [mm]")
+    ax.set_aspect("equal")
+    f = fluctuations
+    ax.set_title(
+        (f"{title}\n" if title else "")
+        + f"cell std. dev. ratio: core {f.core_std_ratio:.2f}, outside 7x7 {f.outside_std_ratio:.2f} (median)",
+        fontsize=12,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def draw_correlations(fluctuations: Fluctuations, labels: Sequence[str], edges: NDArray[np.float64], *, title: str = "") -> Figure:
+    """Neighbour-cell correlations of cells / E_inc: for each cell, its correlation over the showers
+    with the next cell along x (top row) and along y (bottom row), in the reference, in the
+    generated sample, and their difference (generated − reference, a diverging scale centred on 0).
+    Masked cells are grey; the core and the central 7x7 cells are outlined.
+
+    Arguments:
+        fluctuations: :func:`fastcalo.validation.diagnosis.fluctuations` of the two samples.
+        labels: the reference's and the generated sample's labels.
+        edges: (n + 1,) cell edges in mm.
+        title: above the panels (e.g. the condition).
+    """
+    _style()
+    names = [label.split(":")[0] for label in labels]
+    fig, axes = plt.subplots(2, 3, figsize=(16, 10), squeeze=False)
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.85")
+    f = fluctuations
+    differences = [pair[1] - pair[0] for pair in (f.correlation_x, f.correlation_y)]
+    finite = np.concatenate([d[np.isfinite(d)] for d in differences])
+    spread = float(np.quantile(np.abs(finite), 0.98)) if finite.size else 0.1
+    spread = min(max(spread, 0.05), 1.0)
+    for row, (pair, difference, along) in enumerate(zip((f.correlation_x, f.correlation_y), differences, ("x", "y"))):
+        panels = [(pair[0], names[0], TwoSlopeNorm(0.0, -1.0, 1.0), "correlation"),
+                  (pair[1], names[1], TwoSlopeNorm(0.0, -1.0, 1.0), "correlation"),
+                  (difference, f"{names[1]} − {names[0]}", TwoSlopeNorm(0.0, -spread, spread), "difference")]  # fmt: skip
+        for ax, (values, name, norm, what) in zip(axes[row], panels):
+            mesh = ax.pcolormesh(edges, edges, np.ma.masked_invalid(values).T, norm=norm, cmap=cmap)
+            fig.colorbar(mesh, ax=ax, label=f"{what}, next cell along {along}", extend="both" if what == "difference" else "neither")
+            _outline_windows(ax, edges)
+            _zoom(ax, [np.isfinite(f.std_ratio)], edges)
+            ax.set_title(f"{name}: next cell along {along}", fontsize=12)
+            ax.set_xlabel("x [mm]")
+            ax.set_ylabel("y [mm]")
+            ax.set_aspect("equal")
+    reference, generated = f.central_correlation
+    fig.suptitle(
+        (f"{title}: " if title else "")
+        + f"mean neighbour correlation in the central 7x7: {names[0]} {reference:.2f}, {names[1]} {generated:.2f}",
+        fontsize=13,
+    )
     fig.tight_layout()
     return fig
