@@ -97,6 +97,30 @@ def records(run_dir: Path) -> list[dict[str, Any]]:
     return [{k: r[k] for k in ("step", "score", "classifier_auc", "seconds") if k in r} for r in rows if r.get("kind") == "eval"]
 
 
+def draw_curves(curves: dict[str, list[dict[str, Any]]], path: Path, lines: dict[str, float] | None = None) -> None:
+    """The monitor's low-level classifier AUC against the generator step, one line per run, and
+    horizontal ``lines`` (label -> AUC, e.g. a shipped model's)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, rows in curves.items():
+        points = [(r["step"], r["classifier_auc"]) for r in rows if r.get("classifier_auc") is not None and r["step"] > 0]
+        ax.plot(*zip(*points), "o-", ms=3, label=label)
+    ax.set_xlabel("generator step")
+    ax.set_ylabel("monitor classifier AUC (low-level, 7 000 vs 7 000)")
+    for k, (label, value) in enumerate((lines or {}).items()):
+        ax.axhline(value, color=f"C{len(curves) + k}", lw=1.2, ls="--", label=label)
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True, help="base run config (TOML)")
@@ -108,7 +132,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--train-only", metavar="NAME", help="train this variant and stop")
     parser.add_argument("--model", default="best", choices=("best", "final"), help="which model of a run to judge")
-    parser.add_argument("-o", "--output", type=Path, help="directory for summary.json and README-table.md")
+    parser.add_argument("--curve", nargs="*", default=[], metavar="LABEL=RUN", help="further runs whose monitor AUC to draw beside the variants' (e.g. a long run)")
+    parser.add_argument("--line", nargs="*", default=[], metavar="LABEL=AUC", help="horizontal lines on the learning curves (e.g. a shipped model's monitor AUC)")
+    parser.add_argument("-o", "--output", type=Path, help="directory for summary.json, README-table.md and learning-curves.png")
     args = parser.parse_args()
 
     variants = {v[0]: v[1:] for v in args.variant}
@@ -118,8 +144,15 @@ def main() -> int:
     if args.output is None or args.reference is None:
         parser.error("-o and --reference are needed unless --train-only")
     summary = []
+    # rows of an earlier summary in -o are kept (same variant, overrides, steps and model): judging costs minutes
+    earlier_path = args.output / "summary.json"
+    earlier = {r["variant"]: r for r in json.loads(earlier_path.read_text())} if earlier_path.is_file() else {}
     for name, items in variants.items():
         run_dir = args.runs / f"{args.prefix}-{name}"
+        kept = earlier.get(name)
+        if kept and kept["overrides"] == items and kept["steps"] == args.steps and kept["model"] == args.model:
+            summary.append(kept)
+            continue
         if not (run_dir / "final").is_dir():
             train_variant(args.config, name, items, args.steps, run_dir, args.threads)
         evaluations = records(run_dir)
@@ -143,6 +176,9 @@ def main() -> int:
             f"| {r['variant']} | {' '.join(r['overrides']) or '-'} | {r['fixed_auc']:.3f} | {r['core_std_ratio']:.3f} / {r['outside_std_ratio']:.3f} | {r['final_monitor_auc']:.3f} | {r['response_ratio']:.4f} | {r['core_ratio']:.3f} | {seconds} |"
         )
     (args.output / "README-table.md").write_text("\n".join(lines) + "\n")
+    curves = {r["variant"]: r["curve"] for r in summary}
+    curves |= {label: records(Path(run)) for label, run in (item.split("=", 1) for item in args.curve)}
+    draw_curves(curves, args.output / "learning-curves.png", {label: float(v) for label, v in (item.rsplit("=", 1) for item in args.line)})
     print("\n".join(lines))
     return 0
 
