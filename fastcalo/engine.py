@@ -15,6 +15,11 @@ the same bits. The output is then bit-identical at any batch size, chunk size or
 workers (for the same dtype and number of torch threads). On a GPU a batch runs as one call
 (cuBLAS picks its kernels by shape): showers at other batch sizes agree to float rounding.
 
+On the CPU the detector response is :func:`fastcalo._response.respond`, one numba pass per shower
+that draws the cells' noise sparsely from counter-based random numbers keyed by the block (only
+where a cell can read above the threshold); on a GPU it is :meth:`ShowerModel.generate` on dense
+normals drawn with the block's torch generator. Same distribution, different numbers.
+
 Particles outside the model's trained ranges (energy, |eta|, particle type) follow the
 ``out_of_range`` policy: ``"error"`` (default) raises, ``"clip"`` moves energy and eta to the
 nearest edge of the range, ``"skip"`` gives those particles an all-zero image; both of the latter
@@ -55,6 +60,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 import torch
+
+from ._response import ResponseKernel, respond
 
 if TYPE_CHECKING:
     import awkward as ak
@@ -288,6 +295,7 @@ class _BlockDraws:
     u: torch.Tensor
     noise: torch.Tensor | None
     impact: FloatArray
+    key: int
 
 
 def _padded(rows: torch.Tensor, inside: slice, length: int = BLOCK) -> torch.Tensor:
@@ -338,6 +346,7 @@ class Engine:
         self.seed = int(seed)
         self.out_of_range = out_of_range
         self.batch_size = batch_size or (65_536 if self.device.type == "cuda" else 4096)  # CPU: fits in cache (benchmarks/)
+        self._kernel = ResponseKernel.of(model)
 
     def simulate(self, particles: Particles, first_index: int = 0, stream: Sequence[int] = ()) -> ShowerData:
         """Showers of a flat table whose first particle has global index ``first_index``.
@@ -386,7 +395,8 @@ class Engine:
                 log.warning("out of memory on %s: batch size halved to %d, retrying", self.device, self.batch_size)
                 continue
             start = stop
-        images[~keep] = 0.0
+        if not keep.all():
+            images[~keep] = 0.0
         self._check_output(images, used, keep, first_index)
         return ShowerData(
             energy=used.energy, eta=used.eta, phi=particles.phi, pdgid=particles.pdgid,
@@ -398,7 +408,7 @@ class Engine:
         particle that must deposit energy (see the module docstring)."""
         n = len(images)
         flat = images.reshape(n, images.shape[1] * images.shape[2])
-        finite = np.isfinite(flat.sum(axis=1, dtype=np.float64))  # NaN and inf survive a sum
+        finite = np.isfinite(flat.sum(axis=1))  # NaN and inf survive a sum (as does a float32 overflow: broken too)
         if not finite.all():
             first = int(np.flatnonzero(~finite)[0])
             msg = (
@@ -408,12 +418,11 @@ class Engine:
             )
             raise ValueError(msg)
         minimum = EMPTY_FACTOR * self.model.detector.response.threshold
-        must = keep & (used.energy >= minimum)
-        nonempty = (flat.max(axis=1, initial=0.0) > 0) | (flat.min(axis=1, initial=0.0) < 0)
-        if must.any() and not nonempty[must].any():
-            first = int(np.flatnonzero(must)[0])
+        must = np.flatnonzero(keep & (used.energy >= minimum))
+        if len(must) and not flat[must[0]].any() and not flat[must].any():  # the first is almost always enough
+            first = int(must[0])
             msg = (
-                f"the model gave empty showers for all {int(must.sum())} simulated particle(s) of E >= {minimum:g} GeV "
+                f"the model gave empty showers for all {len(must)} simulated particle(s) of E >= {minimum:g} GeV "
                 f"({EMPTY_FACTOR:g} x the {self.model.detector.response.threshold:g} GeV threshold; a healthy model "
                 f"deposits far above it), the first particle {first_index + first} (E={float(used.energy[first])!r} GeV): a broken model"
             )
@@ -476,11 +485,12 @@ class Engine:
         return used, keep
 
     def _draws(self, blocks: range, stream: Sequence[int]) -> list[_BlockDraws]:
-        """The random inputs of whole blocks of particles (BLOCK rows each): latent z, the energy
-        model's uniforms u, cell noise (if the model adds it) on the device, impact-point
+        """The random inputs of whole blocks of particles (BLOCK rows each): the generator's
+        standard normals z, the energy model's uniforms u, on a GPU the cell noise (if the model
+        adds it; on the CPU the response kernel draws it from the block's key), impact-point
         uniforms (numpy)."""
         latent = self.model.generator.n_inputs
-        cells = self.model.detector.n_total_cells if self.model.config.cell_noise else 0
+        cells = self.model.detector.n_total_cells if self.model.config.cell_noise and self.device.type != "cpu" else 0
         inference = torch.is_inference_mode_enabled()  # thread-local: the pool's threads take it from here
 
         def draw(block: int) -> _BlockDraws:
@@ -491,10 +501,10 @@ class Engine:
                 u = torch.rand((BLOCK,), generator=gen, device=self.device)
                 noise = torch.randn((BLOCK, cells), generator=gen, device=self.device) if cells else None
             impact = np.random.Generator(np.random.Philox(key)).random((BLOCK, 2))
-            return _BlockDraws(z, u, noise, impact)
+            return _BlockDraws(z, u, noise, impact, key)
 
         workers = torch.get_num_threads() if self.device.type == "cpu" else 1
-        if workers > 1 and len(blocks) > 1 and cells:
+        if workers > 1 and len(blocks) > 1 and latent + cells > 64:
             # a seeded torch generator draws on one core: blocks (independent streams) in parallel
             from concurrent.futures import ThreadPoolExecutor
 
@@ -521,14 +531,17 @@ class Engine:
         c = self.model.conditions.encode(energy=particles.energy, eta=particles.eta, pdgid=particles.pdgid, impact_x=ix, impact_y=iy)
         c = c.to(self.device)
         e_inc = torch.as_tensor(particles.energy, dtype=torch.float32).to(self.device)
-        # the network calls: (c, e_inc, z, u, noise, rows of the batch, rows of the call's output)
-        units: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, slice, slice]]
+        side = self.model.detector.n_cells
+        images = np.empty((n, side, side), dtype=np.float32)
+        dtype = self.dtype  # u stays float32, as the energy model does
         if self.device.type == "cpu":
-            units = [
-                (_padded(c[target], inside), _padded(e_inc[target], inside), d.z, d.u, d.noise, target, inside)
-                for d, (target, inside) in zip(draws, spans, strict=True)
-            ]
-        else:
+            # each block as one network call, then the response kernel writes its rows of images
+            flat = images.reshape(n, side * side)
+            for d, (target, inside) in zip(draws, spans, strict=True):
+                c_unit, e_unit = _padded(c[target], inside), _padded(e_inc[target], inside)
+                deposit, total = self.model.deposit(c_unit.to(dtype), e_unit.to(dtype), d.z.to(dtype), d.u)
+                respond(deposit.numpy(), total.numpy(), flat[target], range(inside.start, inside.stop), d.key, self._kernel)
+        else:  # one call for the whole batch
             every = slice(0, n)
             z = torch.cat([d.z[inside] for d, (_, inside) in zip(draws, spans, strict=True)])
             u = torch.cat([d.u[inside] for d, (_, inside) in zip(draws, spans, strict=True)])
@@ -537,13 +550,6 @@ class Engine:
             if n < _MIN_ROWS:  # matrix-vector kernels round differently from matrix-matrix ones: pad
                 c, e_inc, z, u = (_padded(x, every, _MIN_ROWS) for x in (c, e_inc, z, u))
                 noise = None if noise is None else _padded(noise, every, _MIN_ROWS)
-            units = [(c, e_inc, z, u, noise, every, every)]
-        side = self.model.detector.n_cells
-        images = np.empty((n, side, side), dtype=np.float32)
-        dtype = self.dtype
-        for c_unit, e_unit, z_unit, u_unit, noise_unit, target, inside in units:
-            # u stays float32, as the energy model does
-            noise_in = None if noise_unit is None else noise_unit.to(dtype)
-            out = self.model.generate(c_unit.to(dtype), e_unit.to(dtype), z_unit.to(dtype), u_unit, noise_in)
-            images[target] = out[inside].float().reshape(-1, side, side).cpu().numpy()
+            out = self.model.generate(c.to(dtype), e_inc.to(dtype), z.to(dtype), u, None if noise is None else noise.to(dtype))
+            images[:] = out[every].float().reshape(-1, side, side).cpu().numpy()
         return images, np.asarray(ix, dtype=np.float64), np.asarray(iy, dtype=np.float64)

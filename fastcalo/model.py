@@ -680,11 +680,8 @@ class ShowerModel(nn.Module):
         again, which loses at most a few threshold-sized cells). When generating (hard, no
         gradient), a shower whose deposit or total is not finite (a broken model) comes out all
         NaN, never zero-suppressed into an empty image."""
-        # the network in its own precision (half precision in a Simulator that asks for it), the
-        # energies from its logits on (total, noise, threshold, rescaling) in float32
-        shape = torch.softmax(self.generator(z, c, r_code.to(c.dtype)).float(), dim=1)
-        total = (self.preprocessing.decode_r(r_code.float()).clamp_min(0.0) * e_inc.float())[:, None]
-        deposit = shape * total
+        deposit, total = self._deposit(z, c, r_code, e_inc)
+        total = total[:, None]
         if self.config.cell_noise and noise is None:
             msg = "this model adds cell noise (config.cell_noise): pass noise, standard normals of shape (N, n_cells)"
             raise ValueError(msg)
@@ -708,6 +705,26 @@ class ShowerModel(nn.Module):
         if self.config.cell_noise and not soft:  # noise can make the factor < 1: re-apply the threshold
             scaled = self.preprocessing.zero_suppress(scaled)
         return scaled
+
+    def _deposit(self, z: torch.Tensor, c: torch.Tensor, r_code: torch.Tensor, e_inc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The deposit before the response (N, 576) and its total r E_inc (N,), GeV, float32."""
+        # the network in its own precision (half precision in a Simulator that asks for it), the
+        # energies from its logits on (total, noise, threshold, rescaling) in float32
+        shape = torch.softmax(self.generator(z, c, r_code.to(c.dtype)).float(), dim=1)
+        total = self.preprocessing.decode_r(r_code.float()).clamp_min(0.0) * e_inc.float()
+        if torch.is_grad_enabled():
+            return shape * total[:, None], total
+        return shape.mul_(total[:, None]), total  # softmax's output is not needed for a gradient
+
+    @torch.no_grad()
+    def deposit(self, c: torch.Tensor, e_inc: torch.Tensor, z: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What :meth:`generate` makes before the detector response: the deposits (N, 576) and the
+        energy model's totals E_dep (N,), GeV, float32; the inputs as for :meth:`generate`. The
+        engine's CPU path applies the response to them in one numba pass
+        (:func:`fastcalo._response.respond`)."""
+        precision = next(self.energy.parameters()).dtype  # float32 also in a half-precision Simulator
+        r_code = self.energy.sample(c.to(precision), u.to(precision))
+        return self._deposit(z, c, r_code, e_inc)
 
     def respond(self, deposit: torch.Tensor, noise: torch.Tensor, *, soft: bool = False) -> torch.Tensor:
         """The detector response of the reference MC on deposits: cells (N, 576) in GeV read

@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 
 from ..detector import ELECTRON_MASS
 from ._physics import brems_shape, pair_shape
-from ._random import exponential, new_state, normal, normal_pair, poisson, uniform
+from .._random import exponential, new_state, normal, normal_pair, poisson, uniform
 
 __all__ = ("apply_response", "transport")
 
