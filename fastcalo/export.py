@@ -84,7 +84,7 @@ __all__ = (
     "read_metadata",
 )
 
-#: The ONNX opset the graph is written with by default (ONNX Runtime reads it from release 1.14).
+#: The ONNX opset the graph is written with by default (the lowest torch's exporter writes).
 DEFAULT_OPSET = 18
 
 #: ``metadata_props["fastcalo.format"]`` of every file :func:`export_onnx` writes: what marks a
