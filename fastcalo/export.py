@@ -78,6 +78,7 @@ __all__ = (
     "INPUTS",
     "OUTPUT",
     "ShowerGraph",
+    "check_output",
     "export_onnx",
     "normal_quantile",
     "onnx_problem",

@@ -8,16 +8,19 @@ checked against ``generate`` first: bit-identical today for the energy model (th
 as a comparison count gives exactly ``searchsorted``'s index), within float rounding for the
 ``"loss"`` energy mechanism (its normal quantile by Giles' approximation, < 4e-7 relative). ONNX
 Runtime then computes the same operations with its own kernels (MLAS matrix products, its
-softmax and reductions): other summation orders, so other float32 roundings. Measured on
-131 072 showers of the shipped model (13.8 M non-zero cells): a relative difference of at most
-1.7e-5 per cell, so cells are compared with ``RTOL`` = 1e-4; the tiny test models differ by less
-than 1e-6. Rounding can also move a cell that sits at the zero-suppression threshold (5 MeV) to
-the other side of it: measured 5 such cells in those 131 072 showers (one in 26 000 showers),
-each between 5.0 and 5.1 MeV where it is kept. Such a cell changes its shower's sum by its
-energy, and the rescaling to the sampled total then moves every other cell of that shower by
-that fraction of the total (1.4e-4 measured). The tests bound all three: at most one flipped cell
-per 1000 showers, each under 1.1 x the threshold, and the other cells of its shower within
-``RTOL`` plus twice the flipped energy's fraction of the shower.
+softmax and reductions): other summation orders, so other float32 roundings, which the
+generator's 512-wide layers and the softmax of 576 logits amplify. Measured by
+``benchmarks/onnx_parity.py`` (``results/onnx_parity_dev_1thread.json``): on 131 072 showers of
+the shipped model (13.8 M non-zero cells) a cell differs by at most 7.2e-5 of itself, so its
+cells are compared with ``RTOL_SHIPPED`` = 3e-4 (4x that, for other CPUs' kernels); the tiny
+test models differ by at most 7.3e-7 on 4096 showers each, and are compared with ``RTOL_TINY`` =
+1e-5. Rounding can also move a cell that sits at the zero-suppression threshold (5 MeV) to the
+other side of it: 1 such cell in those 131 072 showers (5 in an earlier sample of the same size
+with other seeds, each between 5.0 and 5.09 MeV where kept), none in the tiny models. Such a cell
+changes its shower's sum by its energy, and the rescaling to the sampled total then moves the
+other cells of that shower by that fraction of the total (3.9e-4 measured). The tests bound all
+three: at most one flipped cell per 1000 showers, each under 1.1 x the threshold, and the other
+cells of its shower within the tolerance plus twice the flipped energy's fraction of the shower.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ ort = pytest.importorskip("onnxruntime", reason="the ONNX tests need onnxruntime
 onnx = pytest.importorskip("onnx", reason="the ONNX export needs onnx: pip install 'fastcalo[onnx]'")
 pytest.importorskip("onnxscript", reason="torch's ONNX exporter needs onnxscript: pip install 'fastcalo[onnx]'")
 
-RTOL = 1e-4
+RTOL_SHIPPED = 3e-4
+RTOL_TINY = 1e-5
 #: photo-statistics without the hidden-layer noise, beside test_model's variants (which combine them)
 VARIANTS = dict(
     CONFIGS,
@@ -95,9 +99,8 @@ def reference(model: ShowerModel, conditions: dict[str, np.ndarray], draws: dict
     return out.reshape(-1, side, side).numpy()
 
 
-def check_parity(out: np.ndarray, ref: np.ndarray, threshold: float) -> tuple[float, int]:
-    """Assert the tolerances of the module docstring; return (max |difference| in GeV over the
-    showers without a flipped cell, number of flipped cells)."""
+def check_parity(out: np.ndarray, ref: np.ndarray, threshold: float, rtol: float) -> None:
+    """Assert the tolerances of the module docstring."""
     n = len(ref)
     out, ref = out.reshape(n, -1), ref.reshape(n, -1)
     assert np.isfinite(out).all() and np.isfinite(ref).all()
@@ -106,12 +109,11 @@ def check_parity(out: np.ndarray, ref: np.ndarray, threshold: float) -> tuple[fl
     kept = np.where(flipped, np.maximum(out, ref), 0.0)
     assert (kept[flipped] >= threshold).all() and (kept[flipped] < 1.1 * threshold).all(), kept[flipped]
     clean = ~flipped.any(axis=1)
-    np.testing.assert_allclose(out[clean], ref[clean], rtol=RTOL, atol=0.0)
+    np.testing.assert_allclose(out[clean], ref[clean], rtol=rtol, atol=0.0)
     for row in np.flatnonzero(~clean):  # the rescaling moved the rest of that shower by the flipped fraction
         both = ~flipped[row]
-        allowed = RTOL + 2.0 * kept[row].sum() / ref[row].sum()
+        allowed = rtol + 2.0 * kept[row].sum() / ref[row].sum()
         np.testing.assert_allclose(out[row, both], ref[row, both], rtol=allowed, atol=0.0)
-    return float(np.abs(out[clean] - ref[clean]).max()), int(flipped.sum())
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +167,7 @@ def test_onnx_runtime_gives_the_torch_showers(name: str, tmp_path: Path) -> None
     conditions, draws = particles(n, 3), randoms(model, n, 4)
     out = run(path, conditions, draws)
     assert out.shape == (n, 24, 24) and out.dtype == np.float32
-    check_parity(out, reference(model, conditions, draws), model.preprocessing.threshold)
+    check_parity(out, reference(model, conditions, draws), model.preprocessing.threshold, RTOL_TINY)
 
 
 def test_onnx_runtime_gives_the_default_models_showers(default_onnx: Path) -> None:
@@ -174,7 +176,7 @@ def test_onnx_runtime_gives_the_default_models_showers(default_onnx: Path) -> No
     conditions, draws = particles(n, 5), randoms(model, n, 6)
     out = run(default_onnx, conditions, draws)
     assert (out.sum(axis=(1, 2)) > 0).all()  # real showers, not empty images that agree trivially
-    check_parity(out, reference(model, conditions, draws), model.preprocessing.threshold)
+    check_parity(out, reference(model, conditions, draws), model.preprocessing.threshold, RTOL_SHIPPED)
 
 
 def test_any_batch_size_and_unknown_particles_give_nan_rows(default_onnx: Path) -> None:
@@ -190,7 +192,7 @@ def test_any_batch_size_and_unknown_particles_give_nan_rows(default_onnx: Path) 
     assert np.isnan(out[[1, 3]]).all() and np.isfinite(out[[0, 2, 4]]).all()
     known = [0, 2, 4]
     alone = run(default_onnx, {k: v[known] for k, v in conditions.items()}, {k: v[known] for k, v in draws.items()})
-    np.testing.assert_allclose(out[known], alone, rtol=RTOL, atol=0.0)
+    np.testing.assert_allclose(out[known], alone, rtol=RTOL_SHIPPED, atol=0.0)
 
 
 def test_metadata_inputs_and_output(default_onnx: Path) -> None:
@@ -249,7 +251,7 @@ def test_cli_writes_the_file_atomically(tmp_path: Path) -> None:
     meta = read_metadata(target)
     assert meta["fastcalo.weights_sha256"] == json.loads((directory / "model.json").read_text())["weights_sha256"]
     conditions, draws = particles(64, 11), randoms(model, 64, 12)
-    check_parity(run(target, conditions, draws), reference(model, conditions, draws), model.preprocessing.threshold)
+    check_parity(run(target, conditions, draws), reference(model, conditions, draws), model.preprocessing.threshold, RTOL_TINY)
 
 
 def test_cli_refuses_to_overwrite(default_onnx: Path, tmp_path: Path, one_line_error: Callable[[list[str]], str]) -> None:
