@@ -240,6 +240,18 @@ def _events(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .export import check_output, export_onnx
+
+    check_output(args.output, overwrite=args.overwrite)  # refuse before loading torch's exporter, not after
+    try:
+        path = export_onnx(args.output, model=args.model, opset=args.opset, overwrite=args.overwrite)
+    except ImportError as error:  # the optional onnx extra: one line naming it, as for other bad input
+        raise ValueError(str(error)) from None
+    log.info("wrote %s (the model %s as one ONNX graph, opset %d; docs/export.md)", path, args.model, args.opset)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastcalo", description="Fast calorimeter shower simulation.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -333,6 +345,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=_events)
+
+    p = sub.add_parser(
+        "export",
+        help="write a model's whole generation as one ONNX graph, for C++ frameworks (ONNX Runtime)",
+        description="Write the whole generation of a model (condition encoding, energy model, generator, detector "
+        "response) as one ONNX graph whose random numbers are inputs, atomically; its inputs, outputs and "
+        "metadata: docs/export.md. Needs pip install 'fastcalo[onnx]'.",
+        epilog="example: fastcalo export --onnx fastcalo-default.onnx",
+    )
+    # dest "output": the name the interrupt handling of _run looks for
+    p.add_argument("--onnx", dest="output", type=Path, required=True, metavar="FILE", help="the ONNX file to write")
+    p.add_argument("--model", default="default", help="model directory (default: the shipped model)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 18 (default 18; export.DEFAULT_OPSET)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing file, and only one that fastcalo export wrote"
+    )
+    p.set_defaults(func=_export)
 
     p = sub.add_parser(
         "train",
