@@ -143,7 +143,7 @@ def _respond(
         check = 0.0
         kept = 0.0
         for j in range(n):
-            d = np.float64(src[j])
+            d = float(src[j])
             check += d
             if cell_noise:
                 counter = ((base | _U64(j)) << _U64(1)) << _U64(5)  # purpose 0; the tail's: | 32
@@ -159,7 +159,7 @@ def _respond(
             if v < thr:
                 v = np.float32(0.0)
             dst[j] = v
-            kept += v
+            kept += float(v)
         e_tot = np.float64(total[row])
         if not (math.isfinite(check) and math.isfinite(e_tot)):
             dst[:] = np.nan
