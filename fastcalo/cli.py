@@ -172,7 +172,11 @@ def _simulate(args: argparse.Namespace) -> int:
         msg = "give an input ROOT file of particles, or --like a shower file, not both" if args.like else "give an input ROOT file of particles (or --like a shower file)"
         raise ValueError(msg)
     if args.like is not None:
-        others = [name for name in ("tree", "collection", "branch", "particle", "copy_branches", "workers", "scheduler") if getattr(args, name) is not None]
+        others = [
+            name
+            for name in ("tree", "collection", "branch", "particle", "copy_branches", "workers", "scheduler", "cells", "compression")
+            if getattr(args, name) is not None
+        ]
         if others:
             msg = f"--like reads its particles from a shower file: --{', --'.join(o.replace('_', '-') for o in others)} do not apply"
             raise ValueError(msg)
@@ -191,6 +195,8 @@ def _simulate(args: argparse.Namespace) -> int:
             particle=args.particle,
             step_size=args.step_size,
             copy_branches=copy,
+            cells=args.cells,
+            compression=args.compression,
             overwrite=args.overwrite,
             progress=not args.no_progress,
             client=client,
@@ -324,6 +330,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--copy-branches", nargs="*", default=None, metavar="BRANCH", help="copy input branches (all if none named)"
     )
+    p.add_argument(
+        "--cells", default=None, choices=("dense", "hits"),
+        help="ROOT output: 576 cells per particle, or the cells above threshold as index + energy (default: datasets.CELLS)",
+    )  # fmt: skip
+    p.add_argument(
+        "--compression", default=None, metavar="ALGORITHM[:LEVEL]",
+        help="ROOT output: zlib, lz4, zstd or lzma with a level, or none (default: datasets.COMPRESSION)",
+    )  # fmt: skip
     p.add_argument("--workers", type=int, default=None, help="simulate on a local dask.distributed cluster of N workers")
     p.add_argument("--scheduler", default=None, help="simulate on an existing dask.distributed scheduler (ADDRESS)")
     p.add_argument(

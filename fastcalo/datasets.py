@@ -16,9 +16,13 @@ Event-structured files (written by :class:`EventWriter`, e.g. by ``fastcalo simu
 showers of each input event together: a ROOT TTree named like the input's (``Events``) with one
 entry per event, the counter ``n<C>`` and jagged branches ``<C>_energy``, ``<C>_eta``, ``<C>_phi``,
 ``<C>_pdgid``, ``<C>_impact_x``, ``<C>_impact_y`` and ``<C>_image`` (576 float32 cells per
-particle, row-major; its own counter ``n<C>_image`` = 576 n<C>), ``<C>`` the collection; or, in
-HDF5, the layout above plus ``event``, the input entry of every shower. :func:`iterate` and
-:func:`read` read both as flat shower datasets.
+particle, row-major; its own counter ``n<C>_image`` = 576 n<C>), ``<C>`` the collection; or,
+with ``cells="hits"``, instead of the image the cells above the threshold as hits, the way
+full-simulation hit collections are stored: ``<C>_nhits`` (hits of each particle, under ``n<C>``)
+and ``<C>_hit_cell`` (int16 cell index, row-major) and ``<C>_hit_energy`` (float32, GeV) under
+their counter ``n<C>_hit``, the hits of an event's particles one after the other. In HDF5, the
+layout above plus ``event``, the input entry of every shower. :func:`iterate` and :func:`read`
+read all of them as flat shower datasets.
 
 Writes go to a temporary file beside the target, ``.NAME.HOST.PID.RANDOM.fastcalo-tmp.EXT``, and
 are renamed into place at the end, so a failed or interrupted write never leaves a partial file
@@ -68,6 +72,9 @@ if TYPE_CHECKING:
     import uproot
 
 __all__ = (
+    "CELLS",
+    "CELL_LAYOUTS",
+    "COMPRESSION",
     "CONDITION_COLUMNS",
     "TEMPORARY_MARK",
     "EventWriter",
@@ -79,6 +86,7 @@ __all__ = (
     "file_sha256",
     "iterate",
     "leftover_temporaries",
+    "root_compression",
     "metadata",
     "read",
     "write",
@@ -98,6 +106,48 @@ log = logging.getLogger(__name__)
 _ROOT_NAMES = {"energy": "incident_energy"}
 _TREE = "showers"
 _META = "fastcalo_meta"
+
+#: How an event-structured ROOT file stores the cells: ``"dense"`` (576 per particle) or ``"hits"``
+#: (the cells above the threshold, index and energy).
+CELL_LAYOUTS = ("dense", "hits")
+
+#: The cell layout of event-structured ROOT output unless told otherwise (benchmarks/file_formats.py).
+CELLS = "hits"
+
+#: The compression of ROOT output, ``"ALGORITHM:LEVEL"`` (zlib, lz4, zstd, lzma) or ``"none"``:
+#: chosen by ``benchmarks/file_formats.py`` (time and size for every algorithm and both layouts).
+COMPRESSION = "zstd:1"
+
+
+def root_compression(spec: str) -> Any:
+    """The uproot compression object for ``"ALGORITHM:LEVEL"`` or ``"ALGORITHM"`` (its default
+    level) or ``"none"``; algorithms zlib, lz4, zstd, lzma (uproot's, as ROOT names them).
+
+    Raises:
+        ValueError: an unknown algorithm or a level outside 1-9 (lz4: 1-12, zstd: 1-22).
+
+    Example:
+        >>> root_compression("lz4:1"), root_compression("none")
+        (LZ4(1), None)
+    """
+    import uproot
+
+    algorithms = {"zlib": (uproot.ZLIB, 9, 1), "lz4": (uproot.LZ4, 12, 1), "zstd": (uproot.ZSTD, 22, 1), "lzma": (uproot.LZMA, 9, 1)}
+    name, _, level = str(spec).strip().lower().partition(":")
+    if name == "none" and not level:
+        return None
+    if name not in algorithms:
+        msg = f"compression must be 'none' or ALGORITHM[:LEVEL] with ALGORITHM one of {sorted(algorithms)}, got {spec!r}"
+        raise ValueError(msg)
+    kind, highest, default = algorithms[name]
+    try:
+        value = int(level) if level else default
+    except ValueError:
+        value = -1
+    if not 1 <= value <= highest:
+        msg = f"compression level of {name} must be an integer in 1-{highest}, got {spec!r}"
+        raise ValueError(msg)
+    return kind(value)
 _FORMAT_VERSION = 1
 _Scalar = TypeVar("_Scalar", bound=np.generic)
 
@@ -658,7 +708,10 @@ class EventWriter:
     ``.root``: a TTree ``tree`` with one entry per event (the layout in the module docstring),
     optionally with other per-event branches copied through (``extra`` in :meth:`write`: an
     awkward record array of the chunk's events; jagged fields ``X_y`` sharing their counts are
-    grouped under one counter ``nX``, as in NanoAOD). ``.h5``: the flat HDF5 layout plus ``event``.
+    grouped under one counter ``nX``, as in NanoAOD), the cells ``cells="dense"`` or ``"hits"``
+    (default :data:`CELLS`), compressed with ``compression`` (:func:`root_compression`; default
+    :data:`COMPRESSION`).
+    ``.h5``: the flat HDF5 layout plus ``event`` (dense cells, gzip level 1).
 
     Example:
         >>> import tempfile, pathlib, numpy as np, fastcalo.datasets as ds
@@ -681,12 +734,24 @@ class EventWriter:
         overwrite: bool = False,
         detector: Detector = DEFAULT_DETECTOR,
         metadata: Mapping[str, object] | None = None,
+        cells: str | None = None,
+        compression: str | None = None,
     ) -> None:
         self.path = Path(path)
         self._kind = file_kind(self.path)
         self.tree_name = tree
         self.collection = collection
+        if cells is not None and cells not in CELL_LAYOUTS:
+            msg = f"cells must be one of {CELL_LAYOUTS}, got {cells!r}"
+            raise ValueError(msg)
+        if self._kind == "hdf5" and (cells not in (None, "dense") or compression is not None):
+            msg = f"{self.path}: HDF5 output has the CaloChallenge layout (dense cells, gzip): cells and compression apply to ROOT output (.root)"
+            raise ValueError(msg)
+        self.cells = cells or (CELLS if self._kind == "root" else "dense")
+        self._compression = root_compression(COMPRESSION if compression is None else compression) if self._kind == "root" else None
         meta: dict[str, object] = {**(metadata or {}), "layout": "events", "tree": tree, "collection": collection}
+        if self._kind == "root":
+            meta["cells"] = self.cells
         self._flat = ShowerWriter(path, overwrite=overwrite, detector=detector, metadata=meta) if self._kind == "hdf5" else None
         self._overwrite = overwrite
         self._meta = _metadata(self._kind, detector, meta)
@@ -708,7 +773,7 @@ class EventWriter:
         tmp = self._atomic.__enter__()
         try:
             with _signals_deferred():
-                self._file = uproot.recreate(tmp)
+                self._file = uproot.recreate(tmp, compression=self._compression)
                 self._file[_META] = json.dumps(self._meta)
         except BaseException as error:
             _close_atomic(self, type(error), error, error.__traceback__)
@@ -758,11 +823,23 @@ class EventWriter:
             raise RuntimeError(msg)
         name = self.collection
         columns = {_ROOT_NAMES.get(c, c).replace("incident_", ""): getattr(data, c) for c in CONDITION_COLUMNS}
+        flat = data.images.astype(np.float32, copy=False).reshape(len(data), self._n_cells)
+        if self.cells == "hits":
+            hit = flat != 0
+            particle, cell = np.nonzero(hit)  # row-major: particle by particle, cells in order
+            columns["nhits"] = np.count_nonzero(hit, axis=1).astype(np.int16)
+            running = np.concatenate([[0], np.cumsum(columns["nhits"], dtype=np.int64)])
+            ends = np.cumsum(counts)
+            per_event = running[ends] - running[ends - counts]
+            hits = ak.zip({"cell": cell.astype(np.int16), "energy": flat[particle, cell]})
         arrays: dict[str, ak.Array | np.ndarray] = {name: ak.unflatten(ak.zip(columns), counts)}
-        flat = data.images.astype(np.float32, copy=False).reshape(-1)
-        arrays[f"{name}_image"] = ak.unflatten(flat, counts * self._n_cells)
+        if self.cells == "hits":
+            arrays[f"{name}_hit"] = ak.unflatten(hits, per_event)
+        else:
+            arrays[f"{name}_image"] = ak.unflatten(flat.reshape(-1), counts * self._n_cells)
         if extra is not None:
-            arrays.update(_group_branches(extra, reserved={name, f"n{name}", f"{name}_image", f"n{name}_image"}))
+            reserved = {name, f"n{name}", f"{name}_image", f"n{name}_image", f"{name}_hit", f"n{name}_hit"}
+            arrays.update(_group_branches(extra, reserved=reserved))
         if self._tree is None:
             types = {key: (value.type.content if isinstance(value, ak.Array) else value.dtype) for key, value in arrays.items()}
             self._tree = self._file.mktree(self.tree_name, types, title="fastcalo showers by event (GeV, mm)")
@@ -967,14 +1044,17 @@ def _iterate_events(
         with _reading(path):
             tree = f[name]
         columns = {col: f"{c}_{_ROOT_NAMES.get(col, col).replace('incident_', '')}" for col in CONDITION_COLUMNS}
-        missing = [b for b in [*columns.values(), f"{c}_image"] if b not in tree]
+        hits = meta.get("cells", "dense") == "hits"
+        cell_branches = [f"{c}_nhits", f"{c}_hit_cell", f"{c}_hit_energy"] if hits else [f"{c}_image"]
+        missing = [b for b in [*columns.values(), *cell_branches] if b not in tree]
         if missing and tree.num_entries:
             msg = f"{path}: tree {name!r} is missing branch(es) {missing}; it has {list(tree.keys())}"
             raise KeyError(msg)
         if detector is not None:
             _check_cells(path, int(meta.get("detector", {}).get("n_cells", detector.n_cells)) ** 2, detector)
         seen = 0
-        chunks = tree.iterate([*columns.values(), f"{c}_image"], step_size=step_size, library="ak") if not missing else iter(())
+        n_cells = int(meta.get("detector", {}).get("n_cells", DEFAULT_DETECTOR.n_cells)) ** 2
+        chunks = tree.iterate([*columns.values(), *cell_branches], step_size=step_size, library="ak") if not missing else iter(())
         while True:
             with _reading(path):
                 arrays = next(chunks, None)
@@ -988,10 +1068,23 @@ def _iterate_events(
                     break
                 continue
             flat = {col: ak.to_numpy(ak.flatten(arrays[b]))[lo:hi] for col, b in columns.items()}
-            images = ak.to_numpy(ak.flatten(arrays[f"{c}_image"])).reshape(n, -1)[lo:hi]
+            if hits:
+                images = _hits_to_images(path, n, n_cells, *(ak.to_numpy(ak.flatten(arrays[b])) for b in cell_branches))[lo:hi]
+            else:
+                images = ak.to_numpy(ak.flatten(arrays[f"{c}_image"])).reshape(n, -1)[lo:hi]
             for k in range(0, hi - lo, step_size):  # at most step_size showers per chunk
                 part = slice(k, k + step_size)
                 yield ShowerData.from_arrays(source=f"{path}", **{col: v[part] for col, v in flat.items()}, images=images[part])
+
+
+def _hits_to_images(path: Path, n: int, n_cells: int, nhits: NDArray[Any], cell: NDArray[Any], energy: NDArray[Any]) -> NDArray[np.float32]:
+    """Dense (n, n_cells) cells from hits: ``nhits`` per particle, then every hit's cell index and energy."""
+    if int(nhits.sum()) != len(cell) or len(cell) != len(energy) or (len(cell) and not (0 <= cell.min() and cell.max() < n_cells)):
+        msg = f"{path}: damaged hits: {int(nhits.sum())} announced, {len(cell)} cell indices (in [0, {n_cells})?) and {len(energy)} energies"
+        raise ValueError(msg)
+    images = np.zeros((n, n_cells), dtype=np.float32)
+    images[np.repeat(np.arange(n), nhits.astype(np.int64)), cell.astype(np.int64)] = energy
+    return images
 
 
 def _root_layout(path: Path) -> str:

@@ -540,7 +540,8 @@ class Engine:
             for d, (target, inside) in zip(draws, spans, strict=True):
                 c_unit, e_unit = _padded(c[target], inside), _padded(e_inc[target], inside)
                 deposit, total = self.model.deposit(c_unit.to(dtype), e_unit.to(dtype), d.z.to(dtype), d.u)
-                respond(deposit.numpy(), total.numpy(), flat[target], range(inside.start, inside.stop), d.key, self._kernel)
+                rows = range(inside.start, inside.stop)
+                respond(deposit.numpy(), total.numpy(), flat[target], rows, d.key, self._kernel, threads=torch.get_num_threads())
         else:  # one call for the whole batch
             every = slice(0, n)
             z = torch.cat([d.z[inside] for d, (_, inside) in zip(draws, spans, strict=True)])

@@ -278,6 +278,8 @@ class Simulator:
         particle: str | int | None = None,
         step_size: int = STEP_SIZE,
         copy_branches: bool | list[str] = False,
+        cells: str | None = None,
+        compression: str | None = None,
         overwrite: bool = False,
         progress: bool = True,
         client: Any = None,
@@ -291,10 +293,13 @@ class Simulator:
 
         - ROOT: a TTree named like the input's, one entry per input event, with ``n<C>`` and the
           jagged branches ``<C>_energy, _eta, _phi, _pdgid, _impact_x, _impact_y`` and
-          ``<C>_image`` (576 cells per particle, row-major), ``<C>`` the collection name
-          ("particles" if none); ``copy_branches`` (True: all, or a list of names) copies input
-          branches through, entry by entry. :func:`fastcalo.datasets.read` and
-          ``fastcalo-validate`` read it as a shower dataset.
+          ``<C>_image`` (576 cells per particle, row-major), or with ``cells="hits"`` the cells
+          above the threshold as ``<C>_nhits``, ``<C>_hit_cell`` and ``<C>_hit_energy``
+          (default: :data:`fastcalo.datasets.CELLS`), ``<C>`` the collection name ("particles"
+          if none), compressed with ``compression`` ("lz4:1", "zstd:3", "zlib:1", "none", ...;
+          default :data:`fastcalo.datasets.COMPRESSION`); ``copy_branches`` (True: all, or a
+          list of names) copies input branches through, entry by entry.
+          :func:`fastcalo.datasets.read` and ``fastcalo-validate`` read it as a shower dataset.
         - HDF5: the CaloChallenge layout of :mod:`fastcalo.datasets` plus ``event``, the input
           entry of every shower.
 
@@ -329,7 +334,8 @@ class Simulator:
         }
         bar = _progress(n_entries, progress, f"simulate {Path(input).name}")
         with datasets.EventWriter(
-            output, tree=tree_name, collection=name, overwrite=overwrite, detector=self.detector, metadata=meta
+            output, tree=tree_name, collection=name, overwrite=overwrite, detector=self.detector, metadata=meta,
+            cells=cells, compression=compression,
         ) as out:
             for chunk in simulated_chunks(self, input, reader, step_size=step_size, copy=copy, client=client):
                 out.write(chunk.showers, counts=chunk.counts, first_event=chunk.start, extra=chunk.extra)

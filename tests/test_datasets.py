@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import awkward as ak
 import h5py
 import numpy as np
 import pytest
@@ -244,3 +245,96 @@ def test_unreadable_file_is_named(tmp_path: Path, suffix: str, damage: str) -> N
     if damage != "truncated" or suffix == ".h5":  # a half ROOT file still has its header and metadata
         with pytest.raises(OSError, match=f"^{re.escape(str(bad))}: not a readable {kind} file"):
             ds.metadata(bad)
+
+
+def _sparse(n: int, seed: int = 0) -> ds.ShowerData:
+    """Showers with a fifth of their cells hit, the first one empty (no hit at all)."""
+    data = _data(n, seed)
+    rng = np.random.default_rng(seed + 1)
+    images = np.where(rng.random(data.images.shape) < 0.2, data.images, 0).astype(np.float32)
+    images[0] = 0
+    return ds.ShowerData.from_arrays(**{c: getattr(data, c) for c in ds.CONDITION_COLUMNS}, images=images)
+
+
+@pytest.mark.parametrize("compression", ["none", "zlib:1", "lz4:1", "zstd:1", "lzma:1"])
+@pytest.mark.parametrize("cells", ["dense", "hits"])
+def test_event_layouts_round_trip(tmp_path: Path, cells: str, compression: str) -> None:
+    """Both cell layouts, every compression, events without particles at the start, in the middle
+    and at the end, a shower without hits, two chunks: read back exactly."""
+    data = _sparse(9)
+    path = tmp_path / "events.root"
+    with ds.EventWriter(path, tree="Events", collection="Photon", cells=cells, compression=compression) as out:
+        out.write(data[:4], counts=np.array([0, 2, 0, 2]), first_event=0)
+        out.write(data[4:], counts=np.array([3, 2, 0]), first_event=4)
+    back = ds.read(path)
+    np.testing.assert_array_equal(back.images, data.images)
+    np.testing.assert_array_equal(back.energy, data.energy)
+    assert [len(c) for c in ds.iterate(path, step_size=4)] == [4, 4, 1]
+    with uproot.open(path) as f:
+        assert json.loads(str(f["fastcalo_meta"]))["cells"] == cells
+        tree = f["Events"]
+        assert tree["nPhoton"].array(library="np").tolist() == [0, 2, 0, 2, 3, 2, 0]
+        if cells == "hits":
+            hits = (data.images.reshape(9, -1) > 0).sum(axis=1)
+            assert np.concatenate(tree["Photon_nhits"].array(library="np")).tolist() == hits.tolist()
+            assert tree["nPhoton_hit"].array(library="np").tolist() == [0, hits[0:2].sum(), 0, hits[2:4].sum(), hits[4:7].sum(), hits[7:9].sum(), 0]
+            assert tree["Photon_hit_cell"].interpretation.content.from_dtype == np.dtype(">i2")
+            assert "Photon_image" not in tree
+        else:
+            assert "Photon_hit_cell" not in tree and "Photon_image" in tree
+
+
+def test_hits_are_smaller_than_dense_cells(tmp_path: Path) -> None:
+    data = _sparse(200)
+    sizes = {}
+    for cells in ds.CELL_LAYOUTS:
+        path = tmp_path / f"{cells}.root"
+        with ds.EventWriter(path, cells=cells, compression="none") as out:
+            out.write(data, counts=np.full(100, 2), first_event=0)
+        sizes[cells] = path.stat().st_size
+    # 576 x 4 bytes against about 115 hits x 6 bytes per shower
+    assert sizes["hits"] < 0.45 * sizes["dense"]
+
+
+def test_root_compression_specs() -> None:
+    assert str(ds.root_compression("zstd:3")) == "ZSTD(3)" and str(ds.root_compression("ZLIB")) == "ZLIB(1)"
+    assert ds.root_compression("none") is None
+    with pytest.raises(ValueError, match="ALGORITHM one of \\['lz4', 'lzma', 'zlib', 'zstd'\\], got 'gzip:1'"):
+        ds.root_compression("gzip:1")
+    with pytest.raises(ValueError, match="level of zlib must be an integer in 1-9, got 'zlib:0'"):
+        ds.root_compression("zlib:0")
+    with pytest.raises(ValueError, match="got 'lz4:x'"):
+        ds.root_compression("lz4:x")
+
+
+def test_hdf5_event_output_is_dense_only(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="HDF5 output has the CaloChallenge layout"):
+        ds.EventWriter(tmp_path / "x.h5", cells="hits")
+    with pytest.raises(ValueError, match="HDF5 output has the CaloChallenge layout"):
+        ds.EventWriter(tmp_path / "x.h5", compression="zstd:1")
+    with pytest.raises(ValueError, match="cells must be one of \\('dense', 'hits'\\), got 'sparse'"):
+        ds.EventWriter(tmp_path / "x.root", cells="sparse")
+    assert not list(tmp_path.iterdir())
+
+
+def test_damaged_hits_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "events.root"
+    data = _sparse(4)
+    with ds.EventWriter(path, cells="hits") as out:
+        out.write(data, counts=np.array([4]), first_event=0)
+    with uproot.open(path) as f:
+        meta = str(f["fastcalo_meta"])
+        arrays = f["Events"].arrays()
+    damaged = tmp_path / "damaged.root"
+    with uproot.recreate(damaged) as f:
+        f["fastcalo_meta"] = meta
+        columns = {k: arrays[f"particles_{k}"] for k in ("energy", "eta", "phi", "pdgid", "impact_x", "impact_y")}
+        branches = {
+            "particles": ak.zip({**columns, "nhits": arrays["particles_nhits"] + 1}),  # more hits announced than there are
+            "particles_hit": ak.zip({"cell": arrays["particles_hit_cell"], "energy": arrays["particles_hit_energy"]}),
+        }
+        f.mktree("Events", {k: v.type.content for k, v in branches.items()}).extend(branches)
+    with uproot.open(damaged) as f:
+        assert "particles_nhits" in f["Events"]
+    with pytest.raises(ValueError, match=f"^{re.escape(str(damaged))}: damaged hits: \\d+ announced, \\d+ cell indices"):
+        ds.read(damaged)

@@ -201,12 +201,15 @@ def test_run_file_round_trip_root(sim: Simulator, nano: Path, tmp_path: Path) ->
         ak.to_numpy(ak.flatten(source["Photon_pt"] * np.cosh(source["Photon_eta"]))),
         rtol=1e-6,  # float32 pt and eta in the file
     )
-    assert ak.num(result["Photon_image"]).tolist() == (576 * source["nPhoton"]).tolist()
-    # the same showers as the in-memory path, and as another chunking
-    eager = sim.run(particles.read(nano, collection="Photon"))
+    assert meta["cells"] == "hits" and "Photon_image" not in result.fields  # the default layout
+    # the same showers as the in-memory path, and as another chunking with the dense cells
+    eager = ak.to_numpy(ak.flatten(sim.run(particles.read(nano, collection="Photon"))))
     read_back = datasets.read(out)
-    np.testing.assert_array_equal(read_back.images, ak.to_numpy(ak.flatten(eager)))
-    other = sim.run_file(nano, tmp_path / "other.root", collection="Photon", step_size=1000, progress=False)
+    np.testing.assert_array_equal(read_back.images, eager)
+    assert ak.flatten(result["Photon_nhits"]).tolist() == (eager > 0).sum(axis=(1, 2)).tolist()
+    other = sim.run_file(nano, tmp_path / "other.root", collection="Photon", step_size=1000, cells="dense", compression="lz4:1", progress=False)
+    dense = uproot.open(other)["Events"].arrays(["nPhoton_image", "Photon_image"])
+    assert dense["nPhoton_image"].tolist() == (576 * source["nPhoton"]).tolist()
     np.testing.assert_array_equal(datasets.read(other).images, read_back.images)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.root", "showers.root"]  # no temporary files left
 
@@ -224,7 +227,7 @@ def test_run_file_chunks_without_particles(sim: Simulator, nano: Path, tmp_path:
 def test_copy_branches_never_clobbers_the_output(sim: Simulator, nano: Path, tmp_path: Path) -> None:
     out = sim.run_file(nano, tmp_path / "all.root", collection="Photon", copy_branches=True, progress=False)
     keys = set(uproot.open(out)["Events"].keys())
-    assert {"Electron_pt", "Electron_pdgId", "MET_pt", "event", "Photon_energy", "Photon_image"} <= keys
+    assert {"Electron_pt", "Electron_pdgId", "MET_pt", "event", "Photon_energy", "Photon_hit_energy"} <= keys
     assert "Photon_pt" not in keys and "nPhoton_eta" not in keys  # the input's own Photon branches are not copied
     with pytest.raises(ValueError, match="cannot copy \\['Photon_eta'\\]"):
         sim.run_file(nano, tmp_path / "x.root", collection="Photon", copy_branches=["Photon_eta"], progress=False)
@@ -280,7 +283,7 @@ def test_run_file_flat_tree_and_empty_file(tmp_path: Path) -> None:
     assert data.pdgid.tolist() == [22, -11] and data.images.shape == (2, 24, 24)
     empty = sim.run_file(path, tmp_path / "empty_out.root", tree="empty", progress=False)
     tree = uproot.open(empty)["empty"]
-    assert tree.num_entries == 0 and {"nparticles", "particles_energy", "particles_image"} <= set(tree.keys())
+    assert tree.num_entries == 0 and {"nparticles", "particles_energy", "particles_nhits", "particles_hit_energy"} <= set(tree.keys())
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
@@ -451,7 +454,7 @@ def test_cli_choices_are_the_library_constants() -> None:
 
     sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
     choices = {a.dest: tuple(a.choices) for a in sub.choices["simulate"]._actions if a.choices}
-    assert choices == {"preset": particles.PRESETS, "dtype": tuple(DTYPES), "out_of_range": OUT_OF_RANGE}
+    assert choices == {"preset": particles.PRESETS, "dtype": tuple(DTYPES), "out_of_range": OUT_OF_RANGE, "cells": datasets.CELL_LAYOUTS}
     import inspect
 
     from fastcalo.simulator import STEP_SIZE
