@@ -224,7 +224,7 @@ def radial_profile(r: npt.ArrayLike, core: float, tail: float, probability: floa
     radius r = R sqrt(u / (1 - u)) of a uniform u follows each component.
 
     Example:
-        >>> r = np.linspace(0.0, 2000.0, 2_000_001)
+        >>> r = np.geomspace(1e-7, 1e4, 200_001)
         >>> round(float(np.trapezoid(radial_profile(r, 0.1, 0.5, 0.6), r)), 5)
         1.0
     """

@@ -285,8 +285,8 @@ def detector_response(
     Example:
         >>> deposit = np.zeros((1, 24, 24)); deposit[0, 12, 12] = 10.0
         >>> measured = detector_response(deposit, seed=1)
-        >>> round(float(measured[0, 12, 12]), 1), int((measured > 0).sum())
-        (10.0, 1)
+        >>> bool(abs(measured[0, 12, 12] - 10.0) < 0.5), bool((measured[measured > 0] >= 0.005).all())  # smeared; zero-suppressed
+        (True, True)
     """
     from ._transport import apply_response
 
