@@ -318,7 +318,7 @@ def _parser() -> argparse.ArgumentParser:
         "--branch", action="append", default=None, metavar="FIELD=BRANCH", help="explicit branch mapping, repeatable"
     )
     p.add_argument("--particle", default=None, help="particle type where the input does not say it")
-    p.add_argument("--model", default="default", help="model directory (default: the shipped model)")
+    p.add_argument("--model", default="default", help="model directory, 'default' (the shipped model) or 'gflash' (the parametrised peer)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--batch-size", type=int, default=None, help="particles per generator call")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

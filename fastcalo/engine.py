@@ -67,6 +67,7 @@ if TYPE_CHECKING:
     import awkward as ak
 
     from .datasets import ShowerData
+    from .detector import Detector
     from .model import ShowerModel
 
 __all__ = ("BLOCK", "DTYPES", "EMPTY_FACTOR", "OUT_OF_RANGE", "SEED_LIMIT", "Engine", "Particles", "check_seed", "choose_device", "stream_key")
@@ -340,6 +341,10 @@ class Engine:
             raise ValueError(msg)
         seed = check_seed(seed)
         self.model = model
+        #: the calorimeter and the PDG ids simulated: all the policy and the output checks read
+        #: (:class:`fastcalo.gflash.GFlashEngine` sets them for the parametrised peer)
+        self.detector: Detector = model.detector
+        self.pdgids: list[int] = list(model.conditions.pdgids)
         first = next(model.generator.parameters())
         self.device = first.device
         self.dtype = first.dtype
@@ -374,7 +379,7 @@ class Engine:
             msg = f"first_index must be >= 0 (the global index of the first particle), got {first_index}"
             raise ValueError(msg)
         n = len(particles)
-        side = self.model.detector.n_cells
+        side = self.detector.n_cells
         images = np.zeros((n, side, side), dtype=np.float32)
         impact_x, impact_y = np.empty(n), np.empty(n)
         used, keep = self._apply_policy(particles, first_index)
@@ -417,13 +422,13 @@ class Engine:
                 "a broken model (non-finite weights or preprocessing?)"
             )
             raise ValueError(msg)
-        minimum = EMPTY_FACTOR * self.model.detector.response.threshold
+        minimum = EMPTY_FACTOR * self.detector.response.threshold
         must = np.flatnonzero(keep & (used.energy >= minimum))
         if len(must) and not flat[must[0]].any() and not flat[must].any():  # the first is almost always enough
             first = int(must[0])
             msg = (
                 f"the model gave empty showers for all {len(must)} simulated particle(s) of E >= {minimum:g} GeV "
-                f"({EMPTY_FACTOR:g} x the {self.model.detector.response.threshold:g} GeV threshold; a healthy model "
+                f"({EMPTY_FACTOR:g} x the {self.detector.response.threshold:g} GeV threshold; a healthy model "
                 f"deposits far above it), the first particle {first_index + first} (E={float(used.energy[first])!r} GeV): a broken model"
             )
             raise ValueError(msg)
@@ -431,7 +436,7 @@ class Engine:
     def _apply_policy(self, particles: Particles, first_index: int) -> tuple[Particles, npt.NDArray[np.bool_]]:
         """The particles to generate with (clipped energy and eta, known pdgids) and which of them
         to keep, under the policy; messages name particles by their global index."""
-        detector = self.model.detector
+        detector = self.detector
         ranges = detector.conditions
         energy, eta = particles.energy.astype(np.float64), particles.eta.astype(np.float64)
         checks = [("energy", energy), ("eta", eta), ("phi", particles.phi)]
@@ -452,7 +457,7 @@ class Engine:
                 first = int(np.flatnonzero((impact < low) | (impact > high))[0])
                 msg = f"{name} must lie in the central cell [{low}, {high}] mm, found {impact[first]} (particle {first_index + first})"
                 raise ValueError(msg)
-        pdgids = self.model.conditions.pdgids
+        pdgids = self.pdgids
         known = np.isin(particles.pdgid, pdgids)
         outside = {
             f"energy outside {list(ranges.energy)} GeV": (energy < ranges.energy[0]) | (energy > ranges.energy[1]),

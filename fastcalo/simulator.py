@@ -43,6 +43,7 @@ from ._names import near_misses
 from .detector import Detector, pdgid_of
 from .engine import BLOCK, DTYPES, OUT_OF_RANGE, Engine, Particles, check_seed, choose_device, stream_key
 from .datasets import file_sha256
+from .gflash import GFlash, GFlashEngine
 from .model import DEFAULT_MODEL, ShowerModel, load
 from .particles import Reader, flatten, open_tree, standardize
 from .scheduling import is_dask, run_dask, simulated_chunks
@@ -50,6 +51,9 @@ from .scheduling import is_dask, run_dask, simulated_chunks
 __all__ = ("BLOCK", "OUT_OF_RANGE", "STEP_SIZE", "Simulator")
 
 log = logging.getLogger("fastcalo.simulator")
+
+#: The ``model`` name of the parametrised peer (:mod:`fastcalo.gflash`).
+GFLASH = "gflash"
 
 #: Input events per chunk of :meth:`Simulator.run_file` (and ``fastcalo simulate --step-size``):
 #: the fastest measured size whose peak memory stays well under 1 GB
@@ -65,7 +69,9 @@ class Simulator:
     """Generate calorimeter showers with a trained model.
 
     Arguments:
-        model: ``"default"`` (the shipped model), a model directory, or a loaded
+        model: ``"default"`` (the shipped model), ``"gflash"`` (the parametrised peer,
+            :mod:`fastcalo.gflash`: it runs on the CPU whatever ``device`` and ``dtype`` say), a
+            model directory (``"./gflash"`` for a directory of that name), or a loaded
             :class:`fastcalo.model.ShowerModel`.
         device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         batch_size: particles per generator call (default 4096 on CPU, 65 536 on a GPU); a
@@ -112,23 +118,28 @@ class Simulator:
         self.threads: int | None = None
         # where the model comes from: a directory (resolved path) or the model itself
         self._origin: str | ShowerModel
+        self.engine: Engine
         if isinstance(model, ShowerModel):
             self._origin = model
             placed = _placed(model, self.device, dtype)
+        elif isinstance(model, str) and model == GFLASH:
+            self._origin = GFLASH
+            self.engine = GFlashEngine(seed=seed, batch_size=batch_size, out_of_range=out_of_range)
+            return
         else:
             self._origin = str((DEFAULT_MODEL if str(model) == "default" else Path(model)).resolve())
             placed = _cached_model(self._origin, self.device, dtype)
         self.engine = Engine(placed, seed=seed, batch_size=batch_size, out_of_range=out_of_range)
 
     @property
-    def model(self) -> ShowerModel:
-        """The model, on the device, in the simulator's precision."""
-        return self.engine.model
+    def model(self) -> ShowerModel | GFlash:
+        """The model, on the device, in the simulator's precision (the parametrisation for ``"gflash"``)."""
+        return self.engine.peer if isinstance(self.engine, GFlashEngine) else self.engine.model
 
     @property
     def detector(self) -> Detector:
         """The calorimeter the model simulates."""
-        return self.engine.model.detector
+        return self.engine.detector
 
     @property
     def seed(self) -> int:
@@ -156,6 +167,10 @@ class Simulator:
         self.device = torch.device(state["device"])
         self.dtype = state["dtype"]
         self.threads = state["threads"]
+        if state["model"] == GFLASH:
+            self._origin = GFLASH
+            self.engine = GFlashEngine(seed=state["seed"], batch_size=state["batch_size"], out_of_range=state["out_of_range"])
+            return
         if isinstance(state["model"], str):
             self._origin = state["model"]
             placed = _cached_model(self._origin, self.device, self.dtype)

@@ -34,6 +34,8 @@ from ._physics import PhysicsTables, build_tables
 __all__ = (
     "MCConfig",
     "MCResult",
+    "detector_response",
+    "line_of_flight",
     "longitudinal_fit",
     "sample_conditions",
     "shower_maximum",
@@ -126,10 +128,21 @@ def _check_energies(energy: NDArray[np.float64]) -> None:
         raise ValueError(msg)
 
 
-def _starts(
-    eta: NDArray[np.float64], impact_x: NDArray[np.float64], impact_y: NDArray[np.float64], detector: Detector
+def line_of_flight(
+    eta: NDArray[np.float64], impact_x: NDArray[np.float64], impact_y: NDArray[np.float64], detector: Detector = DEFAULT_DETECTOR
 ) -> NDArray[np.float64]:
-    """(x, y, z, ux, uy, uz) at the front face for lines crossing the impact plane at (impact_x, impact_y)."""
+    """Where and in which direction each particle enters the block: (N, 6) rows (x, y, z, ux, uy, uz).
+
+    The point (mm) is on the front face (z = 0) and the unit direction is tilted from the face
+    normal by the incidence angle of eta (:meth:`fastcalo.detector.Detector.incidence_angle`), in
+    the x-z plane, so that the line crosses the impact plane (depth ``impact_depth_x0``) at
+    (impact_x, impact_y). The reference MC starts its cascades here; the parametrised peer
+    (:mod:`fastcalo.gflash`) lays its shower axis along the same line.
+
+    Example:
+        >>> line_of_flight(np.array([0.0]), np.array([5.0]), np.array([5.0])).tolist()
+        [[5.0, 5.0, 0.0, 0.0, 0.0, 1.0]]
+    """
     alpha = detector.incidence_angle(eta)
     z_ref = detector.impact_depth_x0 * detector.material.radiation_length
     starts = np.empty((eta.size, 6))
@@ -185,7 +198,7 @@ def simulate(
         >>> bool(np.allclose(deposit, result.available))  # energy is conserved
         True
     """
-    from ._transport import apply_response, transport
+    from ._transport import transport
 
     energy = np.asarray(energy, dtype=np.float64).reshape(-1)
     n = energy.size
@@ -228,17 +241,13 @@ def simulate(
     radial = np.zeros((n, config.n_radial if profiles else 1))
     leakage = np.zeros(n)
     transport(
-        kinds, energy, _starts(eta, impact_x, impact_y, detector), np.uint64(seed), np.uint64(first_index),
+        kinds, energy, line_of_flight(eta, impact_x, impact_y, detector), np.uint64(seed), np.uint64(first_index),
         geo, cuts, np.array([tables.log_e0, tables.dlog]), tables.brem_rate, tables.dedx,
         tables.photon_rate, tables.pair_fraction, tables.photo_fraction, tables.screening,
         true_images, longitudinal, radial, leakage,
     )  # fmt: skip
     if response:
-        measured = np.empty_like(true_images)
-        r = detector.response
-        apply_response(
-            true_images, np.uint64(seed), np.uint64(first_index), r.photoelectrons_per_gev, r.noise, r.threshold, measured
-        )
+        measured = detector_response(true_images, seed=seed, first_index=first_index, detector=detector)
     else:
         measured = true_images
     showers = ShowerData(
@@ -253,6 +262,39 @@ def simulate(
         radial=radial if profiles else None,
         config=config,
     )
+
+
+def detector_response(
+    true_images: NDArray[np.float64], *, seed: int, first_index: int = 0, detector: Detector = DEFAULT_DETECTOR
+) -> NDArray[np.float64]:
+    """The readout of deposits: photo-statistics, electronic noise and zero suppression, cell by cell.
+
+    The same response :func:`simulate` applies (:class:`fastcalo.detector.Response`): image i
+    draws from the random stream (seed, first_index + i, 1), so it depends only on the seed and
+    its global index.
+
+    Arguments:
+        true_images: (N, n, n) deposits, GeV, float64 (C-contiguous).
+        seed: the random seed, an integer in [0, 2**64).
+        first_index: global index of the first image.
+        detector: whose ``response`` to apply.
+
+    Returns:
+        (N, n, n) float64 measured energies, GeV (0 below the threshold).
+
+    Example:
+        >>> deposit = np.zeros((1, 24, 24)); deposit[0, 12, 12] = 10.0
+        >>> measured = detector_response(deposit, seed=1)
+        >>> bool(abs(measured[0, 12, 12] - 10.0) < 0.5), bool((measured[measured > 0] >= 0.005).all())  # smeared; zero-suppressed
+        (True, True)
+    """
+    from ._transport import apply_response
+
+    images = np.ascontiguousarray(true_images, dtype=np.float64)
+    measured = np.empty_like(images)
+    r = detector.response
+    apply_response(images, np.uint64(seed), np.uint64(first_index), r.photoelectrons_per_gev, r.noise, r.threshold, measured)
+    return measured
 
 
 def _parse_range(name: str, value: ArrayLike) -> tuple[float, float]:
