@@ -11,12 +11,17 @@ the achieved GFLOP/s, compared with a float32 GEMM (n x n times n x n) timed on 
 The reference MC is timed on the same conditions on all CPU cores (numba threads), so the speed-up
 is a ratio of two numbers from the same run.
 
-Two end-to-end measurements follow: ``fastcalo.Simulator.sample`` at each batch size (the model
-plus the per-particle random streams and the host copy: what a user gets in memory), and
-file to file: ``Simulator.run_file`` on a NanoAOD-style file of ``--file-events`` events (written
-by ``fastcalo.particles.write_example``; photons) into ROOT, against uproot writing exactly the
-same output arrays (already in memory) into a ROOT file in the same chunks: the ratio says how close
-simulation gets to the cost of just writing its output. JSON and a PNG go to ``benchmarks/results/``.
+The network-bound rate is the generator and energy networks alone on inputs drawn beforehand, in
+the calls the engine makes (blocks of 1024 rows on the CPU, the whole batch on a GPU): the most any
+sampling path could reach with this model. End to end follow: ``fastcalo.Simulator.sample`` at
+each batch size (the model plus the per-particle random streams, the detector response and the
+host copy: what a user gets in memory), and file to file: ``fastcalo simulate`` (``run_file``) on a
+NanoAOD-style file of ``--file-events`` events (``fastcalo.particles.write_example``; photons) into
+ROOT with its default options, in a child process that reports its peak memory, for both cell
+layouts (hits, the default, and dense) with their file sizes. ONNX Runtime on the exported model
+(``benchmarks/onnx_speed.py``, when onnxruntime is installed) and the GFlash-style peer
+(``benchmarks/gflash_speed.py``) are timed in the same run. JSON and a PNG go to
+``benchmarks/results/``.
 """
 
 from __future__ import annotations
@@ -93,55 +98,85 @@ def simulator_rate(model: Path, device: torch.device, batch: int, min_seconds: f
     return n / (time.perf_counter() - start)
 
 
-def file_rates(model: Path, device: torch.device, n_events: int) -> dict[str, float | int]:
-    """File to file (NanoAOD-style photons -> showers by event, ROOT) against uproot writing the
-    same output arrays, in the same chunks, from memory."""
+_FILE_CHILD = """
+import json, resource, sys, time
+import numpy as np
+import fastcalo
+sim = fastcalo.Simulator(sys.argv[1], device=sys.argv[2], seed=1)
+sim.sample(energy=np.full(4096, 10.0))  # warm-up: numba caches, torch's first calls
+start = time.perf_counter()
+sim.run_file(sys.argv[3], sys.argv[4], collection="Photon", cells=sys.argv[5], progress=False)
+seconds = time.perf_counter() - start
+try:  # this process's own peak (ru_maxrss would also count the parent's memory before the exec)
+    peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+except (OSError, StopIteration):
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"seconds": seconds, "peak_rss_bytes": peak}))
+"""
+
+
+def file_rates(model: Path, device: torch.device, n_events: int) -> dict[str, object]:
+    """``run_file`` (what ``fastcalo simulate`` runs) with its default options, NanoAOD-style
+    photons into ROOT, for each cell layout, each in a child process that reports its peak memory."""
+    import subprocess
+    import sys
     import tempfile
 
     import awkward as ak
     import uproot
 
-    from fastcalo import Simulator, datasets, particles
+    from fastcalo import datasets, particles
 
-    sim = Simulator(model, device=str(device), seed=1)
-    step = 10_000
+    out: dict[str, object] = {"events": n_events, "default_cells": datasets.CELLS, "compression": datasets.COMPRESSION}
     with tempfile.TemporaryDirectory() as tmp:
-        source, out = Path(tmp) / "events.root", Path(tmp) / "showers.root"
+        source = Path(tmp) / "events.root"
         particles.write_example(source, n_events=n_events, seed=1)
-        sim.run_file(source, Path(tmp) / "warm.root", collection="Photon", step_size=step, progress=False)
-        start = time.perf_counter()
-        sim.run_file(source, out, collection="Photon", step_size=step, progress=False)
-        simulate_s = time.perf_counter() - start
-        written = uproot.open(out)["Events"].arrays()
-        n_showers = int(ak.sum(written["nPhoton"]))
-        chunks = [written[i : i + step] for i in range(0, len(written), step)]
-        fields = [f for f in written.fields if f.startswith("Photon_") and f != "Photon_image"]
-        raw = Path(tmp) / "raw.root"
-        start = time.perf_counter()
-        with uproot.recreate(raw) as f:
-            tree = None
-            for chunk in chunks:
-                arrays = {
-                    "Photon": ak.zip({name.removeprefix("Photon_"): chunk[name] for name in fields}),
-                    "Photon_image": chunk["Photon_image"],
-                }
-                if tree is None:
-                    tree = f.mktree("Events", {k: v.type.content for k, v in arrays.items()})
-                tree.extend(arrays)
-        write_s = time.perf_counter() - start
-        size = out.stat().st_size
-        check = datasets.read(out, entry_stop=10)
-        assert check.images.shape[1:] == (24, 24)
-    return {
-        "events": n_events,
-        "showers": n_showers,
-        "output_bytes": size,
-        "run_file_s": simulate_s,
-        "run_file_showers_per_s": n_showers / simulate_s,
-        "uproot_write_s": write_s,
-        "uproot_write_showers_per_s": n_showers / write_s,
-        "run_file_over_uproot_write": (n_showers / simulate_s) / (n_showers / write_s),
-    }
+        for cells in datasets.CELL_LAYOUTS:
+            target = Path(tmp) / f"showers-{cells}.root"
+            child = subprocess.run(
+                [sys.executable, "-c", _FILE_CHILD, str(model), str(device), str(source), str(target), cells],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            result = json.loads(child.stdout.strip().splitlines()[-1])
+            n_showers = int(ak.sum(uproot.open(target)["Events"]["nPhoton"].array()))
+            out["showers"] = n_showers
+            out[cells] = {
+                "run_file_s": result["seconds"], "run_file_showers_per_s": n_showers / result["seconds"],
+                "peak_rss_bytes": result["peak_rss_bytes"], "output_bytes": target.stat().st_size,
+                "output_bytes_per_shower": target.stat().st_size / n_showers,
+            }  # fmt: skip
+            check = datasets.read(target, entry_stop=10)
+            assert check.images.shape[1:] == (24, 24)
+    return out
+
+
+def network_rate(model: torch.nn.Module, device: torch.device, batch: int, min_seconds: float) -> float:
+    """Showers/s of the generator and energy networks alone, inputs drawn beforehand, in the calls
+    the engine makes (blocks of BLOCK rows on the CPU, the whole batch on a GPU)."""
+    from fastcalo.engine import BLOCK
+
+    c_np = conditions(batch, seed=batch)
+    c = model.conditions.encode(**c_np).to(device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    z = torch.randn((batch, model.generator.n_inputs), generator=gen, device=device)
+    u = torch.rand((batch,), generator=gen, device=device)
+    step = BLOCK if device.type == "cpu" else batch
+    with torch.inference_mode():
+        r = model.energy.sample(c, u)
+
+        def once() -> None:
+            for i in range(0, batch, step):
+                model.energy.sample(c[i : i + step], u[i : i + step])
+                model.generator(z[i : i + step], c[i : i + step], r[i : i + step])
+
+        once()
+        sync(device)
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < min_seconds:
+            once()
+            n += batch
+        sync(device)
+    return n / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -155,6 +190,7 @@ def main() -> None:
     parser.add_argument("--min-seconds", type=float, default=3.0)
     parser.add_argument("--mc-showers", type=int, default=400, help="reference-MC showers to time (all cores)")
     parser.add_argument("--file-events", type=int, default=50_000, help="events of the file-to-file test (0: skip)")
+    parser.add_argument("--no-peers", action="store_true", help="skip the GFlash peer and ONNX Runtime")
     parser.add_argument("--label", default=platform.node())
     parser.add_argument("--results", type=Path, default=HERE / "results")
     args = parser.parse_args()
@@ -190,11 +226,26 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
 
     for row in rows:
+        row["network_showers_per_s"] = network_rate(model, device, row["batch_size"], args.min_seconds)
         row["simulator_showers_per_s"] = simulator_rate(args.model, device, row["batch_size"], args.min_seconds)
-        print(json.dumps({"batch_size": row["batch_size"], "simulator_showers_per_s": row["simulator_showers_per_s"]}), flush=True)
+        row["simulator_over_network"] = row["simulator_showers_per_s"] / row["network_showers_per_s"]
+        print(json.dumps({k: row[k] for k in ("batch_size", "network_showers_per_s", "simulator_showers_per_s", "simulator_over_network")}), flush=True)
     file_to_file = file_rates(args.model, device, args.file_events) if args.file_events else None
     if file_to_file:
         print(json.dumps(file_to_file), flush=True)
+    peers: dict[str, object] = {}
+    if device.type == "cpu" and not args.no_peers:
+        import importlib.util
+
+        from gflash_speed import measure  # benchmarks/gflash_speed.py, beside this script
+
+        peers["gflash"] = measure(batch_size=4096, seconds=args.min_seconds, n_mc=50, rounds=1)
+        print(json.dumps({"gflash": peers["gflash"]}), flush=True)
+        if importlib.util.find_spec("onnxruntime") is not None:
+            from onnx_speed import onnx_rate  # benchmarks/onnx_speed.py
+
+            peers["onnxruntime_showers_per_s"] = onnx_rate(args.model, batch=4096)
+            print(json.dumps({"onnxruntime_showers_per_s": peers["onnxruntime_showers_per_s"]}), flush=True)
 
     peak = gemm_gflops(device, 4096 if device.type == "cuda" else 2048, args.min_seconds)
     c_np = conditions(args.mc_showers, seed=7)
@@ -203,6 +254,12 @@ def main() -> None:
     mc.simulate(c_np["energy"], c_np["eta"], c_np["pdgid"], impact_x=c_np["impact_x"], impact_y=c_np["impact_y"], seed=1)
     mc_rate = args.mc_showers / (time.perf_counter() - start)
     best = max(rows, key=lambda r: r["showers_per_s"])
+    at = next((r for r in rows if r["batch_size"] == 4096), best)  # the CPU default batch size
+    if file_to_file:
+        for cells in ("hits", "dense"):
+            entry = file_to_file[cells]
+            assert isinstance(entry, dict)
+            entry["over_simulator_sample"] = entry["run_file_showers_per_s"] / at["simulator_showers_per_s"]
     result = {
         "label": args.label,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
@@ -219,35 +276,50 @@ def main() -> None:
         "speed_up_over_mc": best["showers_per_s"] / mc_rate,
         "best_simulator_showers_per_s": max(r["simulator_showers_per_s"] for r in rows),
         "simulator_speed_up_over_mc": max(r["simulator_showers_per_s"] for r in rows) / mc_rate,
+        "network_showers_per_s_at_4096": at["network_showers_per_s"],
+        "simulator_showers_per_s_at_4096": at["simulator_showers_per_s"],
+        "simulator_over_network_at_4096": at["simulator_over_network"],
         "file_to_file": file_to_file,
+        "peers": peers,
     }
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / f"throughput_{args.label}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
 
+    draw(result, args.results / f"throughput_{args.label}.png")
+    print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2))
+
+
+def draw(result: dict, path: Path) -> None:
+    """The PNG of a result (``python -c "import json, throughput; throughput.draw(json.load(open(F)), P)"`` redraws a saved one)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([r["batch_size"] for r in rows], [r["showers_per_s"] for r in rows], "o-", label=f"generator ({result['device']})")
-    ax.plot(
-        [r["batch_size"] for r in rows], [r["simulator_showers_per_s"] for r in rows], "s-", label="Simulator.sample (end to end)"
-    )
+    rows = result["rows"]
+    sizes = [r["batch_size"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    ax.plot(sizes, [r["network_showers_per_s"] for r in rows], "^:", color="C2", label="networks alone (network-bound)")
+    ax.plot(sizes, [r["simulator_showers_per_s"] for r in rows], "s-", color="C1", label="Simulator.sample (end to end)")
+    ax.plot(sizes, [r["showers_per_s"] for r in rows], "o-", color="C0", label="ShowerModel.generate, dense torch normals")
+    file_to_file = result.get("file_to_file")
     if file_to_file:
-        ax.axhline(file_to_file["run_file_showers_per_s"], color="C2", ls=":", label="run_file, ROOT to ROOT")
-        ax.axhline(file_to_file["uproot_write_showers_per_s"], color="C3", ls="-.", label="uproot writing the same output")
-    ax.axhline(mc_rate, color="k", ls="--", label=f"reference MC, {os.cpu_count()} cores")
+        for cells, color, style in (("hits", "C4", "-"), ("dense", "C3", "-.")):
+            ax.axhline(file_to_file[cells]["run_file_showers_per_s"], color=color, ls=style, label=f"fastcalo simulate, ROOT to ROOT ({cells})")
+    peers = result.get("peers") or {}
+    if "gflash" in peers:
+        ax.axhline(peers["gflash"]["gflash"], color="C5", ls=":", label="GFlash-style peer")
+    ax.axhline(result["mc_showers_per_s_all_cores"], color="k", ls="--", label=f"reference MC, {result['cpu_count']} cores")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("batch size")
     ax.set_ylabel("showers / s")
-    ax.set_title(f"{args.label}: speed-up {result['speed_up_over_mc']:.0f}x, GEMM peak {peak:.0f} GFLOP/s", fontsize=9)
-    ax.legend()
+    ax.set_title(f"{result['label']} ({result['device']}): speed-up over the MC {result['speed_up_over_mc']:.0f}x, GEMM peak {result['gemm_peak_gflops']:.0f} GFLOP/s", fontsize=8)
+    ax.legend(fontsize=7, loc="center right")
     fig.tight_layout()
-    fig.savefig(args.results / f"throughput_{args.label}.png", dpi=100)
-    print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
