@@ -333,13 +333,7 @@ class Engine:
     """
 
     def __init__(self, model: ShowerModel, *, seed: int = 0, batch_size: int | None = None, out_of_range: str = "error") -> None:
-        if out_of_range not in OUT_OF_RANGE:
-            msg = f"out_of_range must be one of {OUT_OF_RANGE}, got {out_of_range!r}"
-            raise ValueError(msg)
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0):
-            msg = f"batch_size must be an integer > 0, got {batch_size!r}"
-            raise ValueError(msg)
-        seed = check_seed(seed)
+        self._set_options(seed, batch_size, out_of_range)
         self.model = model
         #: the calorimeter and the PDG ids simulated: all the policy and the output checks read
         #: (:class:`fastcalo.gflash.GFlashEngine` sets them for the parametrised peer)
@@ -348,10 +342,20 @@ class Engine:
         first = next(model.generator.parameters())
         self.device = first.device
         self.dtype = first.dtype
-        self.seed = int(seed)
-        self.out_of_range = out_of_range
         self.batch_size = batch_size or (65_536 if self.device.type == "cuda" else 4096)  # CPU: fits in cache (benchmarks/)
         self._kernel = ResponseKernel.of(model)
+
+    def _set_options(self, seed: int, batch_size: int | None, out_of_range: str) -> None:
+        """Check and keep the options every engine has (the seed, the policy; the batch size is
+        set by the caller, which knows its device's default)."""
+        if out_of_range not in OUT_OF_RANGE:
+            msg = f"out_of_range must be one of {OUT_OF_RANGE}, got {out_of_range!r}"
+            raise ValueError(msg)
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0):
+            msg = f"batch_size must be an integer > 0, got {batch_size!r}"
+            raise ValueError(msg)
+        self.seed = check_seed(seed)
+        self.out_of_range = out_of_range
 
     def simulate(self, particles: Particles, first_index: int = 0, stream: Sequence[int] = ()) -> ShowerData:
         """Showers of a flat table whose first particle has global index ``first_index``.

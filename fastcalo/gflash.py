@@ -48,7 +48,7 @@ import torch
 
 from .datasets import ShowerData
 from .detector import DEFAULT_DETECTOR, PARTICLES, Detector, as_pdgids, pdgid_of
-from .engine import OUT_OF_RANGE, Engine, Particles, check_seed
+from .engine import Engine, Particles, check_seed
 
 __all__ = (
     "DEFAULT_PARAMETERS", "GFlash", "GFlashEngine", "GFlashParameters", "GFlashResult", "load_parameters", "longitudinal_profile", "radial_profile", "save_parameters", "stream_seed",
@@ -427,19 +427,12 @@ class GFlashEngine(Engine):
     """
 
     def __init__(self, peer: GFlash | None = None, *, seed: int = 0, batch_size: int | None = None, out_of_range: str = "error") -> None:
-        if out_of_range not in OUT_OF_RANGE:
-            msg = f"out_of_range must be one of {OUT_OF_RANGE}, got {out_of_range!r}"
-            raise ValueError(msg)
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0):
-            msg = f"batch_size must be an integer > 0, got {batch_size!r}"
-            raise ValueError(msg)
+        self._set_options(seed, batch_size, out_of_range)
         self.peer = peer or GFlash.load()
         self.detector = self.peer.detector
         self.pdgids = [PARTICLES[p] for p in self.detector.conditions.particles]
         self.device = torch.device("cpu")
         self.dtype = torch.float32
-        self.seed = check_seed(seed)
-        self.out_of_range = out_of_range
         self.batch_size = int(batch_size or 4096)
 
     def _batch(
