@@ -44,9 +44,9 @@ if TYPE_CHECKING:
 __all__ = ("ResponseKernel", "respond")
 
 _U64 = nb.uint64
-# counters: ((row * 2048 + cell) * 2 + purpose) * 32 + attempt (_random.COUNTER_ATTEMPTS = 32)
+# counters: ((row * 2048 + cell) * 2 + purpose) * 32 + attempt (_random.COUNTER_ATTEMPTS = 32),
+# purpose 0 for a cell's uniform or full normal, 1 for its tail normal
 _CELL_BITS = 11
-_PURPOSE_NOISE, _PURPOSE_TAIL = 0, 1
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,8 @@ class ResponseKernel:
         photoelectrons_per_gev: the photo-statistics' yield (0: no photo-statistics).
         cell_noise: whether a response (noise, photo-statistics) is applied at all; without it
             the kernel thresholds and rescales only.
+        dim_fraction: deposits below this fraction of the threshold draw their noise sparsely
+            (0: every cell draws a full normal, the dense form the tests compare with).
     """
 
     threshold: float
