@@ -27,8 +27,6 @@ numbers are drawn; ``tests/test_response.py`` checks that the two agree in distr
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -105,8 +103,6 @@ def respond(
     rows: range,
     key: int,
     kernel: ResponseKernel,
-    *,
-    threads: int = 1,
 ) -> None:
     """The response, threshold and rescaling of rows ``rows`` of ``deposit``, written to ``out``.
 
@@ -118,9 +114,8 @@ def respond(
             numbers).
         key: the block's 63-bit random key.
         kernel: the model's constants.
-        threads: split the rows among this many threads (numba kernels without the GIL, run by
-            a Python thread pool: numba's own parallel loops would share the cores with torch's
-            OpenMP threads, and the two runtimes' spinning workers slow each other down tenfold).
+
+    The kernel runs without the GIL: the engine calls it from its block threads.
     """
     dim = kernel.dim
     edge = kernel.edge_of(dim) if dim > 0 else math.inf
@@ -129,25 +124,7 @@ def respond(
     below = np.uint64(min(round((1.0 - crossing) * 2.0**53), 2**53))
     inverse_yield = 1.0 / kernel.photoelectrons_per_gev if kernel.photoelectrons_per_gev > 0 else 0.0
     constants = (np.uint64(key), float(np.float32(kernel.threshold)), kernel.noise**2, inverse_yield, kernel.cell_noise, dim, edge, below)
-    parts = max(1, min(threads, len(rows) // 64))
-    if parts == 1:
-        _respond(deposit, total, out, rows.start, rows.stop, rows.start, *constants)
-        return
-    cuts = [rows.start + len(rows) * i // parts for i in range(parts + 1)]
-    futures = [_pool(parts).submit(_respond, deposit, total, out, a, b, rows.start, *constants) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
-    for future in futures:
-        future.result()
-
-
-_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
-
-
-def _pool(threads: int) -> ThreadPoolExecutor:
-    """A thread pool of this process (a forked child makes its own)."""
-    key = (os.getpid(), threads)
-    if key not in _POOLS:
-        _POOLS[key] = ThreadPoolExecutor(threads, thread_name_prefix="fastcalo-response")
-    return _POOLS[key]
+    _respond(deposit, total, out, rows.start, rows.stop, rows.start, *constants)
 
 
 @nb.njit(cache=True, nogil=True)

@@ -9,11 +9,12 @@ Randomness is keyed by the particle's *global index* (its position in the flatte
 the whole file): the random numbers of particle ``i`` come from block ``i // BLOCK`` of a stream
 seeded by ``(seed, stream, block)``. So a shower depends only on the seed, the particle's
 conditions and its index. On the CPU the networks always run on whole blocks (``BLOCK`` rows,
-aligned on global indices): a matrix product splits its rows among threads and rounds a row by
-where the split puts it, so only a matrix of the same shape, with the row at the same place, gives
-the same bits. The output is then bit-identical at any batch size, chunk size or number of dask
-workers (for the same dtype and number of torch threads). On a GPU a batch runs as one call
-(cuBLAS picks its kernels by shape): showers at other batch sizes agree to float rounding.
+aligned on global indices), one block per thread, as many blocks at once as torch has threads
+(:func:`one_torch_thread`): a matrix product rounds a row by its shape and by how threads split
+it, so only a matrix of the same shape, with the row at the same place, computed on one thread,
+gives the same bits. The output is then bit-identical at any batch size, chunk size, number of
+threads or of dask workers (for the same dtype). On a GPU a batch runs as one call (cuBLAS picks
+its kernels by shape): showers at other batch sizes agree to float rounding.
 
 On the CPU the detector response is :func:`fastcalo._response.respond`, one numba pass per shower
 that draws the cells' noise sparsely from counter-based random numbers keyed by the block (only
@@ -53,7 +54,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import operator
-from collections.abc import Hashable, Sequence
+import os
+import threading
+from collections.abc import Hashable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -70,7 +75,7 @@ if TYPE_CHECKING:
     from .detector import Detector
     from .model import ShowerModel
 
-__all__ = ("BLOCK", "DTYPES", "EMPTY_FACTOR", "OUT_OF_RANGE", "SEED_LIMIT", "Engine", "Particles", "check_seed", "choose_device", "stream_key")
+__all__ = ("BLOCK", "DTYPES", "EMPTY_FACTOR", "OUT_OF_RANGE", "SEED_LIMIT", "Engine", "Particles", "check_seed", "choose_device", "one_torch_thread", "stream_key")
 
 log = logging.getLogger("fastcalo.engine")
 
@@ -174,6 +179,66 @@ def _block_seed(seed: int, block: int, stream: Sequence[int]) -> int:
     entropy = [int(seed) & 0xFFFFFFFFFFFFFFFF, *stream, int(block)]
     state = np.random.SeedSequence(entropy).generate_state(1, np.uint64)
     return int(state[0] >> np.uint64(1))
+
+
+class _TorchThreads:
+    """The torch thread count while engines run blocks (see :func:`one_torch_thread`)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
+        self.saved = 1
+
+
+_TORCH_THREADS = _TorchThreads()
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[int]:
+    """Run torch on one thread per call inside, and give the number of threads torch had: the
+    CPU engine runs that many blocks at once, each on its own thread.
+
+    Whole blocks on separate threads keep both cores busy through the whole pipeline (draws,
+    networks, response), where torch's own threads would split each matrix product and leave the
+    rest serial; and a network call on one thread rounds the same whatever the thread count, so
+    the showers do not depend on it. ``torch.set_num_threads`` is process-wide: calls from
+    several threads share one saving, and the count is restored when the last one leaves (torch
+    work of other threads meanwhile runs on one thread each).
+
+    Example:
+        >>> import torch
+        >>> before = torch.get_num_threads()
+        >>> with one_torch_thread() as threads:
+        ...     inside = torch.get_num_threads()
+        >>> (inside, threads == before == torch.get_num_threads())
+        (1, True)
+    """
+    state = _TORCH_THREADS
+    with state.lock:
+        if state.users == 0:
+            state.saved = torch.get_num_threads()
+            torch.set_num_threads(1)
+        state.users += 1
+        threads = state.saved
+    try:
+        yield threads
+    finally:
+        with state.lock:
+            state.users -= 1
+            if state.users == 0:
+                torch.set_num_threads(state.saved)
+
+
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """The engines' thread pool of this process (a forked child makes its own)."""
+    key = (os.getpid(), threads)
+    with _TORCH_THREADS.lock:
+        if key not in _POOLS:
+            _POOLS[key] = ThreadPoolExecutor(threads, thread_name_prefix="fastcalo-blocks")
+        return _POOLS[key]
 
 
 @dataclass(frozen=True)
@@ -323,8 +388,10 @@ class Engine:
         model: the shower model, already on its device and in its precision (the generator's
             parameters say which); it is used as it is (eval mode is the caller's business).
         seed: the random seed; with the particle's global index it fixes every shower.
-        batch_size: particles per step (default 4096 on the CPU, 65 536 on a GPU); a device
-            out-of-memory error halves it and retries, losing nothing.
+        batch_size: particles per generator call on a GPU (default 65 536); a device
+            out-of-memory error halves it and retries, losing nothing. On the CPU the networks run
+            on blocks of ``BLOCK`` particles, one per thread, whatever the batch size (kept, 4096
+            by default, for the engines that batch on the CPU).
         out_of_range: ``"error"``, ``"clip"`` or ``"skip"`` (see the module docstring).
 
     Raises:
@@ -342,7 +409,7 @@ class Engine:
         first = next(model.generator.parameters())
         self.device = first.device
         self.dtype = first.dtype
-        self.batch_size = batch_size or (65_536 if self.device.type == "cuda" else 4096)  # CPU: fits in cache (benchmarks/)
+        self.batch_size = batch_size or (65_536 if self.device.type == "cuda" else 4096)
         self._kernel = ResponseKernel.of(model)
 
     def _set_options(self, seed: int, batch_size: int | None, out_of_range: str) -> None:
@@ -387,7 +454,9 @@ class Engine:
         images = np.zeros((n, side, side), dtype=np.float32)
         impact_x, impact_y = np.empty(n), np.empty(n)
         used, keep = self._apply_policy(particles, first_index)
-        start = 0
+        if self._blockwise():
+            self._run_blocks(used, first_index, stream, images, impact_x, impact_y)
+        start = n if self._blockwise() else 0
         while start < n:
             stop = min(start + self.batch_size, n)
             aligned = (first_index + stop) // BLOCK * BLOCK - first_index  # end batches on a block boundary
@@ -493,6 +562,33 @@ class Engine:
         )
         return used, keep
 
+    def _blockwise(self) -> bool:
+        """Whether the call runs block by block on a thread pool (the networks on the CPU) rather
+        than in batches of ``batch_size`` (a GPU; the parametrised peer, which threads itself)."""
+        return self.device.type == "cpu"
+
+    def _run_blocks(
+        self, used: Particles, first_index: int, stream: Sequence[int],
+        images: npt.NDArray[np.float32], impact_x: FloatArray, impact_y: FloatArray,
+    ) -> None:  # fmt: skip
+        """Fill ``images`` and the impact points block by block (each piece of the call inside one
+        global block), as many blocks at once as torch has threads, each on one thread."""
+        n = len(used)
+        cuts = sorted({0, n, *range(-first_index % BLOCK, n, BLOCK)})
+        pieces = list(zip(cuts[:-1], cuts[1:], strict=True))
+
+        def one(piece: tuple[int, int]) -> None:
+            lo, hi = piece
+            images[lo:hi], impact_x[lo:hi], impact_y[lo:hi] = self._batch(used[lo:hi], first_index + lo, stream)
+
+        with one_torch_thread() as threads:
+            if threads == 1 or len(pieces) == 1:
+                for piece in pieces:
+                    one(piece)
+            else:
+                for _ in _pool(threads).map(one, pieces):
+                    pass
+
     def _draws(self, blocks: range, stream: Sequence[int]) -> list[_BlockDraws]:
         """The random inputs of whole blocks of particles (BLOCK rows each): the generator's
         standard normals z, the energy model's uniforms u, on a GPU the cell noise (if the model
@@ -500,26 +596,16 @@ class Engine:
         uniforms (numpy)."""
         latent = self.model.generator.n_inputs
         cells = self.model.detector.n_total_cells if self.model.config.cell_noise and self.device.type != "cpu" else 0
-        inference = torch.is_inference_mode_enabled()  # thread-local: the pool's threads take it from here
-
-        def draw(block: int) -> _BlockDraws:
+        draws = []
+        for block in blocks:
             key = _block_seed(self.seed, block, stream)
             gen = torch.Generator(device=self.device).manual_seed(key)
-            with torch.inference_mode(inference):
-                z = torch.randn((BLOCK, latent), generator=gen, device=self.device)
-                u = torch.rand((BLOCK,), generator=gen, device=self.device)
-                noise = torch.randn((BLOCK, cells), generator=gen, device=self.device) if cells else None
+            z = torch.randn((BLOCK, latent), generator=gen, device=self.device)
+            u = torch.rand((BLOCK,), generator=gen, device=self.device)
+            noise = torch.randn((BLOCK, cells), generator=gen, device=self.device) if cells else None
             impact = np.random.Generator(np.random.Philox(key)).random((BLOCK, 2))
-            return _BlockDraws(z, u, noise, impact, key)
-
-        workers = torch.get_num_threads() if self.device.type == "cpu" else 1
-        if workers > 1 and len(blocks) > 1 and latent + cells > 64:
-            # a seeded torch generator draws on one core: blocks (independent streams) in parallel
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(min(workers, len(blocks))) as pool:
-                return list(pool.map(draw, blocks))
-        return [draw(block) for block in blocks]
+            draws.append(_BlockDraws(z, u, noise, impact, key))
+        return draws
 
     @torch.inference_mode()
     def _batch(self, particles: Particles, first: int, stream: Sequence[int]) -> tuple[npt.NDArray[np.float32], FloatArray, FloatArray]:
@@ -550,7 +636,7 @@ class Engine:
                 c_unit, e_unit = _padded(c[target], inside), _padded(e_inc[target], inside)
                 deposit, total = self.model.deposit(c_unit.to(dtype), e_unit.to(dtype), d.z.to(dtype), d.u)
                 rows = range(inside.start, inside.stop)
-                respond(deposit.numpy(), total.numpy(), flat[target], rows, d.key, self._kernel, threads=torch.get_num_threads())
+                respond(deposit.numpy(), total.numpy(), flat[target], rows, d.key, self._kernel)
         else:  # one call for the whole batch
             every = slice(0, n)
             z = torch.cat([d.z[inside] for d, (_, inside) in zip(draws, spans, strict=True)])

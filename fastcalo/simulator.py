@@ -74,8 +74,10 @@ class Simulator:
             model directory (``"./gflash"`` for a directory of that name), or a loaded
             :class:`fastcalo.model.ShowerModel`.
         device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
-        batch_size: particles per generator call (default 4096 on CPU, 65 536 on a GPU); a
-            device out-of-memory error halves it and retries, losing nothing.
+        batch_size: particles per generator call on a GPU (default 65 536); a device
+            out-of-memory error halves it and retries, losing nothing. On the CPU the networks
+            run on blocks of 1024 particles, one per thread (``torch.get_num_threads()`` at once),
+            whatever the batch size (the GFlash peer batches by it).
         seed: the random seed, an integer in [0, 2**63) (never taken modulo or truncated); with
             the particle's global index it fixes every shower.
         dtype: the generator's arithmetic, ``"float32"`` (default), ``"float16"`` or
