@@ -34,7 +34,7 @@ import numba as nb
 import numpy as np
 from numpy.typing import NDArray
 
-from ._random import counter_bits, counter_normal, counter_tail_normal
+from ._random import counter_bits, counter_normal, counter_tail_normal, ziggurat_first
 
 if TYPE_CHECKING:
     from .model import ShowerModel
@@ -127,7 +127,7 @@ def respond(
     _respond(deposit, total, out, rows.start, rows.stop, rows.start, *constants)
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def _respond(
     deposit: NDArray[np.float32],
     total: NDArray[np.float32],
@@ -146,30 +146,36 @@ def _respond(
 ) -> None:
     n = deposit.shape[1]
     thr = np.float32(threshold)
+    slow = np.empty(n, dtype=np.bool_)
     for row in range(start, stop):
         src = deposit[row]
         dst = out[row - first]
         base = _U64(row) << _U64(_CELL_BITS)
+        # pass 1, branch-free (it vectorises): every cell as if its first random number settled
+        # it, a dim cell as not crossing, the rest by the ziggurat's first proposal; ``slow``
+        # marks where that guess is wrong: a dim cell that crosses, a proposal in a wedge or the tail
+        for j in range(n):
+            d = float(src[j])
+            h = counter_bits(key, ((base | _U64(j)) << _U64(1)) << _U64(5))  # purpose 0
+            g = ziggurat_first(h)
+            dimmed = d < dim
+            slow[j] = (dimmed and h >> _U64(11) >= below) or (not dimmed and not math.isfinite(g))
+            if not math.isfinite(g):
+                g = 0.0
+            v = np.float32(max(d + math.sqrt(max(d, 0.0) * inverse_yield + noise2) * g, 0.0)) if cell_noise else np.float32(d)
+            dst[j] = np.float32(0.0) if (cell_noise and dimmed) or v < thr else v
+        # pass 2: those cells, drawn in full (the same numbers as a one-pass draw), and the sums
         check = 0.0
         kept = 0.0
         for j in range(n):
             d = float(src[j])
             check += d
-            if cell_noise:
-                counter = ((base | _U64(j)) << _U64(1)) << _U64(5)  # purpose 0; the tail's: | 32
-                if d < dim:
-                    if counter_bits(key, counter) >> _U64(11) < below:
-                        dst[j] = 0.0
-                        continue
-                    g = counter_tail_normal(key, counter | _U64(32), edge)
-                else:
-                    g = counter_normal(key, counter)
-                d = max(d + math.sqrt(max(d, 0.0) * inverse_yield + noise2) * g, 0.0)
-            v = np.float32(d)
-            if v < thr:
-                v = np.float32(0.0)
-            dst[j] = v
-            kept += float(v)
+            if cell_noise and slow[j]:
+                counter = ((base | _U64(j)) << _U64(1)) << _U64(5)
+                g = counter_tail_normal(key, counter | _U64(32), edge) if d < dim else counter_normal(key, counter)
+                v = np.float32(max(d + math.sqrt(max(d, 0.0) * inverse_yield + noise2) * g, 0.0))
+                dst[j] = np.float32(0.0) if v < thr else v
+            kept += float(dst[j])
         e_tot = np.float64(total[row])
         if not (math.isfinite(check) and math.isfinite(e_tot)):
             dst[:] = np.nan
