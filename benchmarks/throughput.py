@@ -12,8 +12,10 @@ The reference MC is timed on the same conditions on all CPU cores (numba threads
 is a ratio of two numbers from the same run.
 
 The network-bound rate is the generator and energy networks alone on inputs drawn beforehand, in
-the calls the engine makes (blocks of 1024 rows on the CPU, the whole batch on a GPU): the most any
-sampling path could reach with this model. End to end follow: ``fastcalo.Simulator.sample`` at
+the calls the engine makes (on the CPU blocks of 1024 rows, one per thread, side by side; on a GPU
+the whole batch): the most any sampling path could reach with this model. On the CPU the same
+networks are also timed with each block split among torch's threads, one block after the other
+(the engine's former way), and the faster of the two is the bound. End to end follow: ``fastcalo.Simulator.sample`` at
 each batch size (the model plus the per-particle random streams, the detector response and the
 host copy: what a user gets in memory), and file to file: ``fastcalo simulate`` (``run_file``) on a
 NanoAOD-style file of ``--file-events`` events (``fastcalo.particles.write_example``; photons) into
@@ -31,6 +33,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -150,10 +153,14 @@ def file_rates(model: Path, device: torch.device, n_events: int) -> dict[str, ob
     return out
 
 
-def network_rate(model: torch.nn.Module, device: torch.device, batch: int, min_seconds: float) -> float:
+def network_rate(model: torch.nn.Module, device: torch.device, batch: int, min_seconds: float, *, side_by_side: bool = True) -> float:
     """Showers/s of the generator and energy networks alone, inputs drawn beforehand, in the calls
-    the engine makes (blocks of BLOCK rows on the CPU, the whole batch on a GPU)."""
-    from fastcalo.engine import BLOCK
+    the engine makes: on the CPU blocks of BLOCK rows, one per thread, as many at once as torch has
+    threads (``side_by_side``; False: one block after the other, each split among torch's threads,
+    as the engine did before); on a GPU the whole batch."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastcalo.engine import BLOCK, one_torch_thread
 
     c_np = conditions(batch, seed=batch)
     c = model.conditions.encode(**c_np).to(device)
@@ -164,11 +171,12 @@ def network_rate(model: torch.nn.Module, device: torch.device, batch: int, min_s
     with torch.inference_mode():
         r = model.energy.sample(c, u)
 
-        def once() -> None:
-            for i in range(0, batch, step):
-                model.energy.sample(c[i : i + step], u[i : i + step])
-                model.generator(z[i : i + step], c[i : i + step], r[i : i + step])
+    def call(i: int) -> None:
+        with torch.inference_mode():
+            model.energy.sample(c[i : i + step], u[i : i + step])
+            model.generator(z[i : i + step], c[i : i + step], r[i : i + step])
 
+    def run(once: Callable[[], None]) -> float:
         once()
         sync(device)
         n, start = 0, time.perf_counter()
@@ -176,7 +184,23 @@ def network_rate(model: torch.nn.Module, device: torch.device, batch: int, min_s
             once()
             n += batch
         sync(device)
-    return n / (time.perf_counter() - start)
+        return n / (time.perf_counter() - start)
+
+    starts = range(0, batch, step)
+    if device.type == "cpu" and side_by_side:
+        with one_torch_thread() as threads, ThreadPoolExecutor(threads) as pool:
+
+            def together() -> None:
+                for _ in pool.map(call, starts):
+                    pass
+
+            return run(together)
+
+    def in_turn() -> None:
+        for i in starts:
+            call(i)
+
+    return run(in_turn)
 
 
 def main() -> None:
@@ -227,6 +251,9 @@ def main() -> None:
 
     for row in rows:
         row["network_showers_per_s"] = network_rate(model, device, row["batch_size"], args.min_seconds)
+        if device.type == "cpu":  # the other way to use the cores, for comparison: the better one is the bound
+            row["network_split_calls_showers_per_s"] = network_rate(model, device, row["batch_size"], args.min_seconds, side_by_side=False)
+            row["network_showers_per_s"] = max(row["network_showers_per_s"], row["network_split_calls_showers_per_s"])
         row["simulator_showers_per_s"] = simulator_rate(args.model, device, row["batch_size"], args.min_seconds)
         row["simulator_over_network"] = row["simulator_showers_per_s"] / row["network_showers_per_s"]
         print(json.dumps({k: row[k] for k in ("batch_size", "network_showers_per_s", "simulator_showers_per_s", "simulator_over_network")}), flush=True)

@@ -451,12 +451,14 @@ class Engine:
             raise ValueError(msg)
         n = len(particles)
         side = self.detector.n_cells
-        images = np.zeros((n, side, side), dtype=np.float32)
+        blockwise = self._blockwise()
+        images = (np.empty if blockwise else np.zeros)((n, side, side), dtype=np.float32)  # blocks write every row
         impact_x, impact_y = np.empty(n), np.empty(n)
         used, keep = self._apply_policy(particles, first_index)
-        if self._blockwise():
-            self._run_blocks(used, first_index, stream, images, impact_x, impact_y)
-        start = n if self._blockwise() else 0
+        sums = np.empty(n, dtype=np.float32)  # each image's total: what the output checks read
+        if blockwise:
+            self._run_blocks(used, first_index, stream, images, impact_x, impact_y, sums)
+        start = n if blockwise else 0
         while start < n:
             stop = min(start + self.batch_size, n)
             aligned = (first_index + stop) // BLOCK * BLOCK - first_index  # end batches on a block boundary
@@ -472,21 +474,21 @@ class Engine:
                     torch.cuda.empty_cache()
                 log.warning("out of memory on %s: batch size halved to %d, retrying", self.device, self.batch_size)
                 continue
+            sums[start:stop] = images[start:stop].reshape(stop - start, side * side).sum(axis=1)
             start = stop
+        self._check_output(sums, used, keep, first_index)
         if not keep.all():
             images[~keep] = 0.0
-        self._check_output(images, used, keep, first_index)
         return ShowerData(
             energy=used.energy, eta=used.eta, phi=particles.phi, pdgid=particles.pdgid,
             impact_x=impact_x, impact_y=impact_y, images=images,
         )  # fmt: skip
 
-    def _check_output(self, images: npt.NDArray[np.float32], used: Particles, keep: npt.NDArray[np.bool_], first_index: int) -> None:
+    def _check_output(self, sums: npt.NDArray[np.float32], used: Particles, keep: npt.NDArray[np.bool_], first_index: int) -> None:
         """Refuse what a broken model makes: non-finite images, or empty images for every simulated
-        particle that must deposit energy (see the module docstring)."""
-        n = len(images)
-        flat = images.reshape(n, images.shape[1] * images.shape[2])
-        finite = np.isfinite(flat.sum(axis=1))  # NaN and inf survive a sum (as does a float32 overflow: broken too)
+        particle that must deposit energy (see the module docstring); ``sums`` are the images'
+        totals (cells are >= 0: a total is 0 only for an empty image), skipped particles aside."""
+        finite = np.isfinite(sums) | ~keep  # NaN and inf survive a sum (as does a float32 overflow: broken too)
         if not finite.all():
             first = int(np.flatnonzero(~finite)[0])
             msg = (
@@ -497,7 +499,7 @@ class Engine:
             raise ValueError(msg)
         minimum = EMPTY_FACTOR * self.detector.response.threshold
         must = np.flatnonzero(keep & (used.energy >= minimum))
-        if len(must) and not flat[must[0]].any() and not flat[must].any():  # the first is almost always enough
+        if len(must) and not sums[must[0]] > 0 and not (sums[must] > 0).any():  # the first is almost always enough
             first = int(must[0])
             msg = (
                 f"the model gave empty showers for all {len(must)} simulated particle(s) of E >= {minimum:g} GeV "
@@ -569,10 +571,11 @@ class Engine:
 
     def _run_blocks(
         self, used: Particles, first_index: int, stream: Sequence[int],
-        images: npt.NDArray[np.float32], impact_x: FloatArray, impact_y: FloatArray,
+        images: npt.NDArray[np.float32], impact_x: FloatArray, impact_y: FloatArray, sums: npt.NDArray[np.float32],
     ) -> None:  # fmt: skip
-        """Fill ``images`` and the impact points block by block (each piece of the call inside one
-        global block), as many blocks at once as torch has threads, each on one thread."""
+        """Fill ``images``, the impact points and the images' totals block by block (each piece of
+        the call inside one global block), as many blocks at once as torch has threads, each on
+        one thread."""
         n = len(used)
         cuts = sorted({0, n, *range(-first_index % BLOCK, n, BLOCK)})
         pieces = list(zip(cuts[:-1], cuts[1:], strict=True))
@@ -580,6 +583,7 @@ class Engine:
         def one(piece: tuple[int, int]) -> None:
             lo, hi = piece
             images[lo:hi], impact_x[lo:hi], impact_y[lo:hi] = self._batch(used[lo:hi], first_index + lo, stream)
+            sums[lo:hi] = images[lo:hi].reshape(hi - lo, -1).sum(axis=1)  # while the block is in cache
 
         with one_torch_thread() as threads:
             if threads == 1 or len(pieces) == 1:

@@ -272,7 +272,7 @@ class Simulator:
             msg = f"sample: n must be an integer >= 0 (the number of showers), got {n!r}"
             raise ValueError(msg)
         try:
-            pdgid = np.vectorize(pdgid_of, otypes=[np.int32])(np.asarray(particle, dtype=object))
+            pdgid = _pdgids(particle)
         except ValueError as err:
             msg = f"sample: particle: {err}"
             raise ValueError(msg) from None
@@ -498,3 +498,14 @@ def _model_from_bytes(data: bytes) -> ShowerModel:
     with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(io.BytesIO(data)) as zf:
         zf.extractall(tmp)
         return load(tmp)
+
+
+def _pdgids(particle: str | int | npt.ArrayLike) -> npt.NDArray[np.int32]:
+    """PDG ids of a name, an id or an array of them (:func:`fastcalo.detector.pdgid_of` on each
+    distinct value of a numeric array, not on every element: a million showers have three)."""
+    values = np.asarray(particle)
+    to_id = np.vectorize(pdgid_of, otypes=[np.int32])
+    if values.dtype.kind in "iuf" and values.ndim:
+        distinct, inverse = np.unique(values, return_inverse=True)
+        return to_id(distinct.astype(object))[inverse].reshape(values.shape)
+    return to_id(values.astype(object))
