@@ -503,9 +503,12 @@ def _model_from_bytes(data: bytes) -> ShowerModel:
 def _pdgids(particle: str | int | npt.ArrayLike) -> npt.NDArray[np.int32]:
     """PDG ids of a name, an id or an array of them (:func:`fastcalo.detector.pdgid_of` on each
     distinct value of a numeric array, not on every element: a million showers have three)."""
-    values = np.asarray(particle)
+    values = np.asarray(particle, dtype=object)
     to_id = np.vectorize(pdgid_of, otypes=[np.int32])
-    if values.dtype.kind in "iuf" and values.ndim:
-        distinct, inverse = np.unique(values, return_inverse=True)
-        return to_id(distinct.astype(object))[inverse].reshape(values.shape)
-    return to_id(values.astype(object))
+    if values.ndim:
+        try:
+            distinct, inverse = np.unique(values, return_inverse=True)
+        except TypeError:  # names and numbers mixed: no order to sort them by
+            return to_id(values)
+        return to_id(distinct)[inverse].reshape(values.shape)
+    return to_id(values)
