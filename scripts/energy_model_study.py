@@ -28,6 +28,9 @@ VARIANTS = {
     "uniform-100 (shipped v1)": ({}, 3000),
     "logit-100, tail 1e-3": ({"quantile_tail": 1e-3}, 3000),
     "logit-100, tail 1e-3, 8000 steps": ({"quantile_tail": 1e-3}, 8000),
+    "logit-100, tail 1e-3, 12000 steps (shipped v3)": ({"quantile_tail": 1e-3}, 12000),
+    "logit-100, tail 1e-4, 12000 steps": ({"quantile_tail": 1e-4}, 12000),
+    "logit-200, tail 1e-4, 12000 steps": ({"quantile_tail": 1e-4, "n_quantiles": 200}, 12000),
 }
 
 
@@ -42,6 +45,8 @@ def main() -> None:
     parser.add_argument("--heldout", type=Path, required=True)
     parser.add_argument("-o", "--output", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", nargs="*", default=None, help="run the variants whose names contain one of these")
+    parser.add_argument("--name", default="energy_model_study", help="the JSON's file name, without .json")
     args = parser.parse_args()
 
     config = load_config(args.config)
@@ -54,6 +59,8 @@ def main() -> None:
     truth = {float(e): summary(r_held[held.energy == e]) for e in points}
     results = {}
     for name, (changes, steps) in VARIANTS.items():
+        if args.only is not None and not any(part in name for part in args.only):
+            continue
         torch.manual_seed(args.seed)
         model = ShowerModel(dataclasses.replace(config.model, **changes), preprocessing=pre)
         c = model.conditions.encode(energy=data.energy, eta=data.eta, pdgid=data.pdgid, impact_x=data.impact_x, impact_y=data.impact_y)
@@ -80,7 +87,7 @@ def main() -> None:
         for row in rows:
             print("  " + "  ".join(f"{k} {v:.4f}" for k, v in row.items()))
     args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "energy_model_study.json").write_text(json.dumps({"truth": truth, "variants": results}, indent=2) + "\n")
+    (args.output / f"{args.name}.json").write_text(json.dumps({"truth": truth, "variants": results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -533,6 +533,19 @@ def test_out_of_range_energy_is_printed_with_enough_digits(sim: Simulator) -> No
         sim.sample(energy=5.0, eta=1.5000000001)
 
 
+def test_particle_arrays_as_names_ids_or_both(sim: Simulator) -> None:
+    """An array of particles maps each distinct value once: names (any case), ids, floats with
+    integer values and mixtures give the same showers, bad entries the same errors."""
+    energy = np.array([5.0, 20.0, 50.0, 7.0])
+    ids = sim.sample(energy=energy, particle=np.array([22, 11, -11, 22]))
+    for particle in (["photon", "electron", "positron", "Photon"], np.array([22.0, 11.0, -11.0, 22.0]), ["photon", 11, -11.0, 22]):
+        np.testing.assert_array_equal(sim.sample(energy=energy, particle=particle), ids)
+    with pytest.raises(ValueError, match="unknown particle 'muon'"):
+        sim.sample(energy=energy, particle=["photon", "muon", "photon", 22])
+    with pytest.raises(ValueError, match="unknown particle 13"):
+        sim.sample(energy=energy, particle=[22, 13, 22, 11])
+
+
 def test_particle_ids_and_counts_are_integers(sim: Simulator) -> None:
     np.testing.assert_array_equal(sim.sample(energy=10.0, particle=11.0, n=2), sim.sample(energy=10.0, particle=11, n=2))
     for particle in (11.2, 22.7, [22, 22.5]):
