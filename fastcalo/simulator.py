@@ -505,10 +505,10 @@ def _pdgids(particle: str | int | npt.ArrayLike) -> npt.NDArray[np.int32]:
     distinct value of a numeric array, not on every element: a million showers have three)."""
     values = np.asarray(particle, dtype=object)
     to_id = np.vectorize(pdgid_of, otypes=[np.int32])
-    if values.ndim:
-        try:
-            distinct, inverse = np.unique(values, return_inverse=True)
-        except TypeError:  # names and numbers mixed: no order to sort them by
-            return to_id(values)
-        return to_id(distinct)[inverse].reshape(values.shape)
-    return to_id(values)
+    ids: npt.NDArray[np.int32]
+    try:
+        distinct, inverse = np.unique(values.reshape(-1), return_inverse=True)
+        ids = to_id(distinct)[inverse].reshape(values.shape)
+    except TypeError:  # names and numbers mixed: no order to sort them by
+        ids = to_id(values)
+    return ids
