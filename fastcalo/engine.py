@@ -34,7 +34,7 @@ gives an empty image. A healthy model cannot do that: an electron or photon of E
 threshold (0.5 GeV here; the model's range starts at 1 GeV) puts most of its energy into a few
 central cells. The shipped model, on 100 000 showers over its whole range (1-100 GeV, |eta| <=
 1.5, photons, electrons and positrons; 20 000 of them at 1 GeV), gives no empty image at all:
-its faintest shower holds 0.83 GeV and its faintest brightest cell 52 MeV, ten times the
+its faintest shower holds 0.82 GeV and its faintest brightest cell 66 MeV, thirteen times the
 threshold. So the rule fires only for a broken model (NaN weights or preprocessing, a total
 forced to zero), and a single healthy shower, let alone a whole call, never trips it.
 
