@@ -340,7 +340,7 @@ def draw(result: dict, path: Path) -> None:
     ax.axhline(result["mc_showers_per_s_all_cores"], color="k", ls="--", label=f"reference MC, {result['cpu_count']} cores")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("batch size")
+    ax.set_xlabel("batch size (on the CPU: particles per call)")
     ax.set_ylabel("showers / s")
     ax.set_title(f"{result['label']} ({result['device']}): speed-up over the MC {result['speed_up_over_mc']:.0f}x, GEMM peak {result['gemm_peak_gflops']:.0f} GFLOP/s", fontsize=8)
     ax.legend(fontsize=7, loc="center right")

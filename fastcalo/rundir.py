@@ -134,7 +134,11 @@ class RunDirectory:
             )
             raise ValueError(msg)
         if self.lead:
-            log.info("extending %s from %d to %d generator steps", self.path, stored["train"]["steps"], self.config.train.steps)
+            before, after = stored["train"]["steps"], self.config.train.steps
+            if after > before:
+                log.info("extending %s from %d to %d generator steps", self.path, before, after)
+            else:  # no fewer than the steps done (checked above)
+                log.info("ending %s at %d generator steps (its config said %d)", self.path, after, before)
 
     def create(self) -> None:
         """Make the directory and write ``config.json``."""

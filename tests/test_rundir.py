@@ -41,6 +41,16 @@ def test_a_new_directory_is_created_by_the_lead_only(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "grids").is_dir()
 
 
+def test_a_run_stopped_early_can_end_where_it_stopped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A run set up for 60 steps and stopped at 40 may be given 40 or 50 (never fewer than done)."""
+    written(tmp_path, step=40, steps=60)
+    with caplog.at_level(logging.INFO, logger="fastcalo.train"):
+        RunDirectory(tmp_path, config(steps=50)).check()
+    assert f"ending {tmp_path} at 50 generator steps (its config said 60)" in caplog.text
+    with pytest.raises(ValueError, match="already trained 40 steps; train.steps = 30 cannot shorten it"):
+        RunDirectory(tmp_path, config(steps=30)).check()
+
+
 def test_an_existing_run_is_refused_without_resume_and_resumed_with_it(tmp_path: Path) -> None:
     written(tmp_path, step=20)
     with pytest.raises(FileExistsError, match="already holds a run"):
