@@ -1,4 +1,4 @@
-"""The detector response on generated deposits, as one numba pass per shower (the CPU path).
+"""The detector response on generated deposits, as one numba kernel per shower (the CPU path).
 
 :meth:`fastcalo.model.ShowerModel.cells` applies the response with torch on dense standard
 normals, one per cell: the form training needs (differentiable) and the reference of what the
@@ -16,9 +16,13 @@ distribution of showers for a fraction of the cost:
 - **counter-based random numbers** (:mod:`fastcalo._random`): each cell's numbers are a pure
   function of the block's key, the row and the cell, so a kernel draws only what it needs and
   the showers stay independent of the batch size and the number of threads.
-- **one pass per shower** over its 576 cells (in cache): response, threshold, the rescaling to
+- **one kernel per shower**, its 576 cells in cache: response, threshold, the rescaling to
   the energy model's total, the second threshold, and the check for a broken model (a shower
-  whose deposit or total is not finite comes out all NaN, as in ``ShowerModel.cells``).
+  whose deposit or total is not finite comes out all NaN, as in ``ShowerModel.cells``). A first,
+  branch-free pass (it vectorises) takes every cell's first random number as settling it
+  (:func:`fastcalo._random.ziggurat_first`); a second redraws in full the 1.5 % for which it
+  does not (a dim cell that crosses, a ziggurat proposal in a wedge or the tail), with the numbers
+  a one-pass draw would use, so the two passes give the one-pass kernel's showers bit for bit.
 
 The showers differ from ``ShowerModel.cells`` on the same deposits only through which random
 numbers are drawn; ``tests/test_response.py`` checks that the two agree in distribution.

@@ -16,7 +16,7 @@ gives the same bits. The output is then bit-identical at any batch size, chunk s
 threads or of dask workers (for the same dtype). On a GPU a batch runs as one call (cuBLAS picks
 its kernels by shape): showers at other batch sizes agree to float rounding.
 
-On the CPU the detector response is :func:`fastcalo._response.respond`, one numba pass per shower
+On the CPU the detector response is :func:`fastcalo._response.respond`, one numba kernel per shower
 that draws the cells' noise sparsely from counter-based random numbers keyed by the block (only
 where a cell can read above the threshold); on a GPU it is :meth:`ShowerModel.generate` on dense
 normals drawn with the block's torch generator. Same distribution, different numbers.

@@ -502,7 +502,7 @@ def _model_from_bytes(data: bytes) -> ShowerModel:
 
 def _pdgids(particle: str | int | npt.ArrayLike) -> npt.NDArray[np.int32]:
     """PDG ids of a name, an id or an array of them (:func:`fastcalo.detector.pdgid_of` on each
-    distinct value of a numeric array, not on every element: a million showers have three)."""
+    distinct value, not on every element: a million showers have three particle types)."""
     values = np.asarray(particle, dtype=object)
     to_id = np.vectorize(pdgid_of, otypes=[np.int32])
     ids: npt.NDArray[np.int32]
