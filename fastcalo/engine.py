@@ -456,26 +456,8 @@ class Engine:
         impact_x, impact_y = np.empty(n), np.empty(n)
         used, keep = self._apply_policy(particles, first_index)
         sums = np.empty(n, dtype=np.float32)  # each image's total: what the output checks read
-        if blockwise:
-            self._run_blocks(used, first_index, stream, images, impact_x, impact_y, sums)
-        start = n if blockwise else 0
-        while start < n:
-            stop = min(start + self.batch_size, n)
-            aligned = (first_index + stop) // BLOCK * BLOCK - first_index  # end batches on a block boundary
-            if stop < n and aligned > start:
-                stop = aligned
-            try:
-                images[start:stop], impact_x[start:stop], impact_y[start:stop] = self._batch(used[start:stop], first_index + start, stream)
-            except Exception as error:
-                if not is_out_of_memory(error) or self.batch_size == 1:
-                    raise
-                self.batch_size = max(1, self.batch_size // 2)
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                log.warning("out of memory on %s: batch size halved to %d, retrying", self.device, self.batch_size)
-                continue
-            sums[start:stop] = images[start:stop].reshape(stop - start, side * side).sum(axis=1)
-            start = stop
+        run = self._run_blocks if blockwise else self._run_batches
+        run(used, first_index, stream, images, impact_x, impact_y, sums)
         self._check_output(sums, used, keep, first_index)
         if not keep.all():
             images[~keep] = 0.0
@@ -592,6 +574,33 @@ class Engine:
             else:
                 for _ in _pool(threads).map(one, pieces):
                     pass
+
+    def _run_batches(
+        self, used: Particles, first_index: int, stream: Sequence[int],
+        images: npt.NDArray[np.float32], impact_x: FloatArray, impact_y: FloatArray, sums: npt.NDArray[np.float32],
+    ) -> None:  # fmt: skip
+        """Fill ``images``, the impact points and the images' totals in batches of ``batch_size``
+        (ending on block boundaries), halving the batch on a device out-of-memory error."""
+        n = len(used)
+        side = images.shape[1]
+        start = 0
+        while start < n:
+            stop = min(start + self.batch_size, n)
+            aligned = (first_index + stop) // BLOCK * BLOCK - first_index  # end batches on a block boundary
+            if stop < n and aligned > start:
+                stop = aligned
+            try:
+                images[start:stop], impact_x[start:stop], impact_y[start:stop] = self._batch(used[start:stop], first_index + start, stream)
+            except Exception as error:
+                if not is_out_of_memory(error) or self.batch_size == 1:
+                    raise
+                self.batch_size = max(1, self.batch_size // 2)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                log.warning("out of memory on %s: batch size halved to %d, retrying", self.device, self.batch_size)
+                continue
+            sums[start:stop] = images[start:stop].reshape(stop - start, side * side).sum(axis=1)
+            start = stop
 
     def _draws(self, blocks: range, stream: Sequence[int]) -> list[_BlockDraws]:
         """The random inputs of whole blocks of particles (BLOCK rows each): the generator's
