@@ -141,6 +141,13 @@ class ModelConfig:
             them (energy-weighted centroid and width along x and y in cell units, the brightest
             cell's fraction of the total): the lateral shape, which an MLP on 576 log energies
             reads only indirectly, becomes one input each.
+        critic_profiles: give the critic, beside the cells, the per-shower statistics a
+            classifier tells the showers apart by (:meth:`Critic.profiles`): the lateral
+            profiles along x and y (each row's and column's fraction of the total), and for
+            every ring of cells around the central one (Chebyshev distance 0-12) its fraction
+            of the total and the fraction of its cells above threshold. In network units a
+            halo cell just above threshold differs little from an empty one, and a ring's
+            energy is a sum of linear energies the MLP sees as logarithms; both become inputs.
         negative_slope: of the LeakyReLU activations.
     """
 
@@ -158,6 +165,7 @@ class ModelConfig:
     critic_minibatch_std: int = 0
     energy: str = "model"
     critic_features: bool = False
+    critic_profiles: bool = False
     negative_slope: float = 0.2
 
     def __post_init__(self) -> None:
@@ -563,6 +571,7 @@ class Critic(nn.Module):
     N_REGIONS = 4
     coords: torch.Tensor  # (n_cells,) cell centres in cell units (a buffer, with critic_features)
     regions: torch.Tensor  # (N_REGIONS, n_cells^2) averaging weights (a buffer, with critic_minibatch_std)
+    rings: torch.Tensor  # (n_rings, n_cells^2) 0/1 membership of the rings (a buffer, with critic_profiles)
 
     def __init__(self, config: ModelConfig, n_conditions: int, n_cells: int, preprocessing: Preprocessing | None = None) -> None:
         super().__init__()
@@ -574,12 +583,19 @@ class Critic(nn.Module):
             n_extra += self.N_FEATURES
             # cell centres in cell units, centred (not saved: derived from the detector's size)
             self.register_buffer("coords", torch.arange(n_cells, dtype=torch.float32) - (n_cells - 1) / 2, persistent=False)
+        # Chebyshev distance of every cell from the central one (the cell of the impact point)
+        index = torch.arange(n_cells) - n_cells // 2
+        distance = torch.maximum(index[:, None].abs(), index[None, :].abs()).reshape(-1)
+        self.with_profiles = config.critic_profiles
+        if self.with_profiles:
+            n_rings = int(distance.max()) + 1
+            n_extra += 2 * n_cells + 2 * n_rings
+            rings = torch.nn.functional.one_hot(distance, n_rings).T.float()
+            self.register_buffer("rings", rings, persistent=False)
         self.group = config.critic_minibatch_std
         if self.group:
             n_extra += self.N_REGIONS
-            # Chebyshev distance of every cell from the central one: 0 | 1 | 2-3 | >= 4
-            index = torch.arange(n_cells) - n_cells // 2
-            distance = torch.maximum(index[:, None].abs(), index[None, :].abs()).reshape(-1)
+            # regions of the Chebyshev distance: 0 | 1 | 2-3 | >= 4
             region = torch.bucketize(distance, torch.tensor([0, 1, 3]), right=False)
             weights = torch.nn.functional.one_hot(region, self.N_REGIONS).T.float()
             self.register_buffer("regions", weights / weights.sum(dim=1, keepdim=True), persistent=False)
@@ -614,6 +630,33 @@ class Critic(nn.Module):
         brightest = cells.reshape(len(cells), -1).amax(dim=1) / total
         return torch.stack([cx, cy, wx, wy, brightest], dim=1)
 
+    def profiles(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 2 n + 2 n_rings) per-shower statistics of critic inputs ``x`` (network units),
+        differentiable, each about in [0, 1]: sqrt(f + 1e-4) of the lateral profiles along x then
+        y (f: each of the n rows' and columns' fraction of the total; the root lifts the tails),
+        then for every ring of cells at Chebyshev distance 0, 1, ... from the central cell
+        (:attr:`rings`) its fraction of the total, as (log10(f + 1e-4) + 4) / 4, and the
+        fraction of its cells above threshold.
+
+        A cell counts as above threshold through a sigmoid centred on half the threshold, a
+        tenth of the threshold wide: the MC's cells (zero or at least the threshold) count 0 or
+        1 to within 0.7 %, and a generated cell softly suppressed in training
+        (:meth:`Preprocessing.zero_suppress` with ``soft``) crosses 0.5 where its deposit crosses
+        the threshold."""
+        cells = self.preprocessing.from_network(x).clamp_min(0.0)
+        total = cells.sum(dim=1, keepdim=True).clamp_min(1e-6)
+        square = cells.reshape(-1, self.side, self.side)
+        px = square.sum(dim=2) / total
+        py = square.sum(dim=1) / total
+        ring_fraction = (cells @ self.rings.T) / total
+        threshold = self.preprocessing.threshold
+        hits = torch.sigmoid((cells - threshold / 2) / (threshold / 10))
+        hit_fraction = (hits @ self.rings.T) / self.rings.sum(dim=1)
+        # the floors (1e-4 of the total, about a threshold-sized cell at 50 GeV) bound the
+        # gradients near empty rows and rings, which the gradient penalty sees
+        logs = (torch.log10(ring_fraction + 1e-4) + 4.0) / 4.0
+        return torch.cat([(px + 1e-4).sqrt(), (py + 1e-4).sqrt(), logs, hit_fraction], dim=1)
+
     def minibatch_std(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 4): within consecutive groups of ``config.critic_minibatch_std`` rows of ``x``
         (network units), the standard deviation of every cell averaged over the four regions
@@ -628,6 +671,8 @@ class Critic(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, r_code: torch.Tensor) -> torch.Tensor:
         extra = [c, r_code[:, None]] + ([self.shower_features(x)] if self.with_features else [])
+        if self.with_profiles:
+            extra.append(self.profiles(x))
         if self.group:
             extra.append(self.minibatch_std(x))
         score: torch.Tensor = self.head(torch.cat([self.body(x), *extra], dim=1))

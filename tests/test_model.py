@@ -18,6 +18,10 @@ CONFIGS = {
     "conv": ModelConfig(kind="conv", latent_dim=8, conv_channels=8, critic_hidden=(16,), energy_hidden=(16,), n_quantiles=20),
     "mlp-cell-noise": ModelConfig(latent_dim=8, generator_hidden=(32,), critic_hidden=(32,), energy_hidden=(16,), n_quantiles=20, cell_noise=True),
     "mlp-critic-features": ModelConfig(latent_dim=8, generator_hidden=(32,), critic_hidden=(32,), energy_hidden=(16,), n_quantiles=20, critic_features=True),
+    "mlp-critic-profiles": ModelConfig(
+        latent_dim=8, generator_hidden=(32,), critic_hidden=(32,), energy_hidden=(16,), n_quantiles=20,
+        cell_noise=True, photostatistics=True, generator_noise="cells", critic_profiles=True,
+    ),  # fmt: skip
     "mlp-energy-loss": ModelConfig(latent_dim=8, generator_hidden=(32,), critic_hidden=(32,), energy_hidden=(16,), energy="loss"),
     "mlp-hidden-noise": ModelConfig(
         latent_dim=8, generator_hidden=(32,), critic_hidden=(32,), energy_hidden=(16,), n_quantiles=20,
@@ -272,6 +276,35 @@ def test_critic_features_are_the_validation_features() -> None:
     np.testing.assert_allclose(got[:, 2], ref["width_x"] / size, rtol=2e-3)
     np.testing.assert_allclose(got[:, 3], ref["width_y"] / size, rtol=2e-3)
     np.testing.assert_allclose(got[:, 4], showers.images.reshape(3, -1).max(1) / showers.images.sum(axis=(1, 2)), rtol=2e-3)
+
+
+def test_critic_profiles_are_the_showers_profiles_rings_and_hits() -> None:
+    """The critic's per-shower statistics (critic_profiles) computed by hand from MC showers:
+    the lateral profiles, each ring's fraction of the total and its fraction of cells above
+    threshold (a sigmoid step, so 0 or 1 for the MC's cells to within 1 %)."""
+    from fastcalo import mc
+
+    model = ShowerModel(ModelConfig(latent_dim=8, generator_hidden=(32,), critic_hidden=(32,), critic_profiles=True))
+    showers = mc.simulate(np.array([2.0, 20.0, 50.0]), np.array([0.0, 0.7, -1.2]), "photon", seed=4).showers
+    images = showers.images.astype(np.float64)
+    x = model.preprocessing.to_network(torch.as_tensor(images.reshape(3, -1), dtype=torch.float32))
+    got = model.critic.profiles(x).double().numpy()
+    side = model.detector.n_cells
+    assert got.shape == (3, 2 * side + 2 * (side // 2 + 1))
+    total = images.sum(axis=(1, 2))
+    np.testing.assert_allclose(got[:, :side] ** 2 - 1e-4, images.sum(axis=2) / total[:, None], atol=2e-5)
+    np.testing.assert_allclose(got[:, side : 2 * side] ** 2 - 1e-4, images.sum(axis=1) / total[:, None], atol=2e-5)
+    index = np.arange(side) - side // 2
+    distance = np.maximum(np.abs(index)[:, None], np.abs(index)[None, :])
+    rings = got[:, 2 * side :]
+    n_rings = side // 2 + 1
+    for ring in range(n_rings):
+        inside = distance == ring
+        fraction = images[:, inside].sum(axis=1) / total
+        np.testing.assert_allclose(rings[:, ring], (np.log10(fraction + 1e-4) + 4) / 4, atol=1e-5)
+        np.testing.assert_allclose(rings[:, n_rings + ring], (images[:, inside] > 0).mean(axis=1), atol=0.01)
+    # the halo of a 50 GeV shower has hits, and fewer of its outer cells than of its inner ones
+    assert 0 < rings[2, n_rings + 10] < rings[2, n_rings + 4] <= 1
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
