@@ -148,7 +148,10 @@ def root_compression(spec: str) -> Any:
         msg = f"compression level of {name} must be an integer in 1-{highest}, got {spec!r}"
         raise ValueError(msg)
     return kind(value)
+
+
 _FORMAT_VERSION = 1
+_FORMAT = "fastcalo.showers"
 _Scalar = TypeVar("_Scalar", bound=np.generic)
 
 
@@ -291,7 +294,7 @@ def file_kind(path: str | os.PathLike[str]) -> Literal["root", "hdf5"]:
 def _metadata(kind: str, detector: Detector, extra: Mapping[str, object] | None) -> dict[str, object]:
     energy_unit = "MeV" if kind == "hdf5" else "GeV"
     meta: dict[str, object] = {
-        "format": "fastcalo.showers",
+        "format": _FORMAT,
         "format_version": _FORMAT_VERSION,
         "units": dict(CONDITION_COLUMNS, energy=energy_unit, images=energy_unit),
         "n_cells": detector.n_cells,
@@ -450,6 +453,49 @@ def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Ite
             tmp.unlink()
 
 
+def replaceable(path: str | os.PathLike[str], *, overwrite: bool) -> None:
+    """Refuse a shower output that exists, unless ``overwrite`` and fastcalo wrote it.
+
+    fastcalo replaces only what it made: with ``overwrite``, an existing ``path`` must be a
+    regular file whose metadata (:func:`metadata`) say ``"format": "fastcalo.showers"``; a file of
+    anyone else (another ROOT or HDF5 file, a text file, an unreadable one) or a symbolic link is
+    left as it is.
+
+    Raises:
+        OutputExistsError: ``path`` exists and ``overwrite`` is false.
+        FileExistsError: ``path`` exists and is not a fastcalo shower file, saying why.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> notes = pathlib.Path(tempfile.mkdtemp()) / "mine.root"
+        >>> _ = notes.write_text("my notes")
+        >>> replaceable(notes, overwrite=True)
+        Traceback (most recent call last):
+        ...
+        FileExistsError: .../mine.root already exists and is not a shower file of fastcalo (it is not a readable ROOT file); refusing to replace it: choose another output file
+    """
+    target = Path(path)
+    if not (target.exists() or target.is_symlink()):
+        return
+    if not overwrite:
+        raise OutputExistsError(target)
+    if target.is_symlink():
+        problem = "it is a symbolic link"
+    elif not target.is_file():
+        problem = "it is not a regular file"
+    else:
+        try:
+            found = metadata(target).get("format")
+        except (OSError, ValueError):
+            found = None
+            problem = f"it is not a readable {'HDF5' if file_kind(target) == 'hdf5' else 'ROOT'} file"
+        else:
+            problem = "" if found == _FORMAT else f'its metadata have no "format": "{_FORMAT}"'
+    if problem:
+        msg = f"{target} already exists and is not a shower file of fastcalo ({problem}); refusing to replace it: choose another output file"
+        raise FileExistsError(msg)
+
+
 @contextlib.contextmanager
 def _signals_deferred() -> Iterator[None]:
     """Hold SIGINT and SIGTERM during the block, then act on them as the handlers in place would.
@@ -569,7 +615,8 @@ def _write_error(target: Path, error: OSError) -> OSError:
 
 
 class ShowerWriter:
-    """Write a shower file chunk by chunk, atomically (use as a context manager).
+    """Write a shower file chunk by chunk, atomically (use as a context manager). With
+    ``overwrite``, an existing file is replaced only if fastcalo wrote it (:func:`replaceable`).
 
     Example:
         >>> import tempfile, pathlib, numpy as np, fastcalo.datasets as ds
@@ -603,6 +650,7 @@ class ShowerWriter:
         self.n_written = 0
 
     def __enter__(self) -> ShowerWriter:
+        replaceable(self.path, overwrite=self._overwrite)
         self._atomic = atomic_path(self.path, overwrite=self._overwrite)
         tmp = self._atomic.__enter__()
         try:
@@ -769,6 +817,7 @@ class EventWriter:
             return self
         import uproot
 
+        replaceable(self.path, overwrite=self._overwrite)
         self._atomic = atomic_path(self.path, overwrite=self._overwrite)
         tmp = self._atomic.__enter__()
         try:
@@ -946,13 +995,15 @@ def write(
     Arguments:
         data: the showers.
         path: the file; its extension chooses the format (see the module docstring).
-        overwrite: replace an existing file.
+        overwrite: replace an existing file, and only a shower file that fastcalo wrote (see
+            :func:`replaceable`).
         detector: stored in the metadata; its number of cells must match the images.
         metadata: more JSON-ready entries for the file's metadata (see :func:`metadata`).
 
     Raises:
-        FileExistsError if ``path`` exists and ``overwrite`` is false; ValueError for an unknown
-        extension or images of another size than the detector's.
+        FileExistsError if ``path`` exists and ``overwrite`` is false, or it is not a shower file
+        of fastcalo; ValueError for an unknown extension or images of another size than the
+        detector's.
 
     Example:
         >>> import tempfile, pathlib

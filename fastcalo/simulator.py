@@ -323,6 +323,9 @@ class Simulator:
         ``client``: a ``dask.distributed.Client``; chunks are then simulated on its workers (one
         model per worker) and written here in order, with at most two chunks per worker in
         flight. The output is identical to the serial one. Returns the output path.
+
+        An existing ``output`` is refused unless ``overwrite``, and even then it is replaced only
+        if it is a shower file that fastcalo wrote (:func:`fastcalo.datasets.replaceable`).
         """
         from . import datasets
 
@@ -383,14 +386,16 @@ class Simulator:
             reference: a shower file :func:`fastcalo.datasets.iterate` reads.
             output: the shower file to write.
             step_size: showers per chunk.
-            overwrite: replace an existing ``output``.
+            overwrite: replace an existing ``output``, and only a shower file that fastcalo
+                wrote (:func:`fastcalo.datasets.replaceable`).
             progress: show a progress bar.
 
         Returns:
             The output path.
 
         Raises:
-            FileExistsError: ``output`` exists and ``overwrite`` is False.
+            FileExistsError: ``output`` exists and ``overwrite`` is False, or it is not a shower
+                file of fastcalo.
             ValueError: a bad reference file, or particles the policy refuses.
 
         Example:

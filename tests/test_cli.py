@@ -31,3 +31,21 @@ def test_an_existing_output_is_refused_in_the_command_line_words(tmp_path: Path,
     assert events.read_bytes() == before  # untouched
     assert main(["events", "-o", str(events), "--n-events", "7", "--overwrite"]) == 0
     assert events.read_bytes() != before
+
+
+def test_overwrite_refuses_a_file_fastcalo_did_not_write(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--overwrite`` replaces a shower file of fastcalo, never another file: the command says
+    why in one line, exits 2 and leaves the file as it was."""
+    import uproot
+
+    out = tmp_path / "analysis.root"
+    with uproot.recreate(out) as f:
+        f["Events"] = {"x": [1.0, 2.0]}
+    before = out.read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["mc", "--energy", "10", "--n", "2", "-o", str(out), "--overwrite", "--no-progress"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f'fastcalo: error: {out} already exists and is not a shower file of fastcalo (its metadata have no "format": "fastcalo.showers")' in err
+    assert "Traceback" not in err
+    assert out.read_bytes() == before

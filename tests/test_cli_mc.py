@@ -66,8 +66,14 @@ def test_mc_existing_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         main(["mc", "--n", "1", "-o", str(out), "--no-progress"])
     assert "already exists" in capsys.readouterr().err
     assert out.read_text() == "keep me"
-    assert main(["mc", "--n", "1", "-o", str(out), "--no-progress", "--overwrite"]) == 0
-    assert len(ds.read(out)) == 1
+    with pytest.raises(SystemExit):  # not a file fastcalo wrote: --overwrite does not replace it either
+        main(["mc", "--n", "1", "-o", str(out), "--no-progress", "--overwrite"])
+    assert "is not a shower file of fastcalo (it is not a readable HDF5 file)" in capsys.readouterr().err
+    assert out.read_text() == "keep me"
+    out.unlink()
+    assert main(["mc", "--n", "1", "-o", str(out), "--no-progress"]) == 0
+    assert main(["mc", "--n", "2", "-o", str(out), "--no-progress", "--overwrite"]) == 0  # its own file: replaced
+    assert len(ds.read(out)) == 2
 
 
 def test_mc_unwritable_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

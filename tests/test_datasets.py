@@ -95,6 +95,52 @@ def test_existing_file_needs_overwrite(tmp_path: Path) -> None:
     assert len(ds.read(path)) == 3
 
 
+def _foreign_file(path: Path, kind: str) -> Path:
+    """A file at ``path`` that fastcalo did not write (or a link to one it did)."""
+    if kind == "root":
+        with uproot.recreate(path) as f:
+            f["Events"] = {"x": np.arange(5.0)}
+    elif kind == "hdf5":
+        with h5py.File(path, "w") as f:
+            f["showers"] = np.ones((2, 576))  # the CaloChallenge layout's name, without fastcalo's metadata
+    elif kind == "text":
+        path.write_text("my analysis notes")
+    else:  # a symbolic link to a fastcalo file
+        target = ds.write(_data(2), path.with_name("target" + path.suffix))
+        path.symlink_to(target)
+    return path
+
+
+@pytest.mark.parametrize(("kind", "suffix", "why"), [
+    ("root", ".root", 'its metadata have no "format": "fastcalo.showers"'),
+    ("hdf5", ".h5", 'its metadata have no "format": "fastcalo.showers"'),
+    ("text", ".root", "it is not a readable ROOT file"),
+    ("text", ".h5", "it is not a readable HDF5 file"),
+    ("link", ".root", "it is a symbolic link"),
+])  # fmt: skip
+def test_overwrite_replaces_only_a_shower_file_fastcalo_wrote(tmp_path: Path, kind: str, suffix: str, why: str) -> None:
+    """Never destroy what fastcalo did not write: with overwrite, another program's file, a
+    text file or a symbolic link is refused, named, with the reason, and left byte for byte."""
+    path = _foreign_file(tmp_path / f"out{suffix}", kind)
+    before = path.read_bytes()
+    for write in (
+        lambda: ds.write(_data(3), path, overwrite=True),
+        lambda: ds.EventWriter(path, overwrite=True).__enter__(),
+    ):
+        with pytest.raises(FileExistsError, match=re.escape(f"{path} already exists and is not a shower file of fastcalo ({why})")):
+            write()
+        assert path.read_bytes() == before
+        assert path.is_symlink() == (kind == "link")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out" + suffix] + (["target" + suffix] if kind == "link" else []))
+    # a shower file fastcalo wrote is replaced, through both writers
+    mine = ds.write(_data(2), tmp_path / f"mine{suffix}")
+    ds.write(_data(3), mine, overwrite=True)
+    assert len(ds.read(mine)) == 3
+    with ds.EventWriter(mine, overwrite=True) as out:
+        out.write(_data(4), counts=np.array([4]), first_event=0)
+    assert len(ds.read(mine)) == 4
+
+
 def test_unwritable_destination(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="directory .*missing.* does not exist"):
         ds.write(_data(2), tmp_path / "missing" / "s.h5")
@@ -226,7 +272,8 @@ def test_temporary_name_and_stale_leftovers(tmp_path: Path) -> None:
     other_target = tmp_path / f".other.h5.{host}.{dead_pid.pid}.mnop3456.fastcalo-tmp.h5"
     for leftover in (dead, alive, elsewhere, other_target):
         leftover.write_bytes(b"partial")
-    ds.write(_data(2), target, overwrite=True)
+    target.unlink()  # "x", which no writer of fastcalo would replace
+    ds.write(_data(2), target)
     assert not dead.exists()  # its writer is gone: removed
     assert alive.exists() and elsewhere.exists() and other_target.exists()  # running, unknown, not this target's
     assert len(ds.read(target)) == 2
