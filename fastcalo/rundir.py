@@ -219,6 +219,9 @@ class RunDirectory:
             tensors[f"rng.{rank}"] = state.cpu()
         tmp = self.path / ".checkpoint.tmp.safetensors"
         save_file(tensors, str(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o666 & ~umask)  # safetensors writes it private; the run's other files follow the umask
         (self.path / ".checkpoint.tmp.json").write_text(json.dumps(dict(dataclasses.asdict(progress), param_groups=groups)))
         os.replace(tmp, self.path / "checkpoint.safetensors")
         os.replace(self.path / ".checkpoint.tmp.json", self.path / "checkpoint.json")

@@ -121,6 +121,26 @@ def test_a_checkpoint_restores_weights_moments_random_state_and_average(tmp_path
     assert [json.loads(line)["step"] for line in run.metrics_path.read_text().splitlines()] == [10, 20]
 
 
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_the_checkpoint_follows_the_umask(tmp_path: Path, mask: int) -> None:
+    """Every file of the run directory, the checkpoint's weights too (safetensors writes them
+    0600), gets 0o666 & ~umask: a run is as shareable as the user's other files."""
+    import os
+    import stat
+
+    original = os.umask(mask)
+    try:
+        run = written(tmp_path)
+        model, optimizers, rng, average = parts()
+        run.log({"step": 10, "kind": "eval"})
+        run.save_checkpoint(model, optimizers, [rng.get_state()], Progress(step=10), average)
+    finally:
+        os.umask(original)
+    files = sorted(p.name for p in tmp_path.iterdir() if p.is_file())
+    assert {"checkpoint.safetensors", "checkpoint.json", "config.json"} <= set(files)
+    assert {name: stat.S_IMODE((tmp_path / name).stat().st_mode) for name in files} == dict.fromkeys(files, 0o666 & ~mask)
+
+
 def test_a_checkpoint_without_what_the_run_needs_is_refused(tmp_path: Path) -> None:
     run = written(tmp_path, ema_decay=0.5, ema_start=1)
     model, optimizers, rng, _ = parts()
