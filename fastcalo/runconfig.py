@@ -52,6 +52,13 @@ class DataConfig:
         eta: (low, high) pseudorapidity range.
         log_uniform: draw energies uniformly in log(E).
         seed: seeds the conditions (``seed + k`` for the k-th particle) and the MC (``seed``).
+        showers_per_condition: showers simulated at each drawn condition (energy, eta, impact
+            point), stored one after the other: ``n_per_particle / showers_per_condition``
+            conditions per particle. With more than one, every training batch is made of such
+            groups, and the critic's minibatch standard deviation (``critic_minibatch_std``, the
+            same group size) compares the spread of showers at one condition, MC against
+            generated: the shower-to-shower fluctuations themselves, not the spread of the
+            conditions. 1 (the default) leaves the table's cache name as it was.
     """
 
     particles: tuple[str, ...] = ("photon", "electron", "positron")
@@ -60,6 +67,13 @@ class DataConfig:
     eta: tuple[float, float] = (-1.5, 1.5)
     log_uniform: bool = True
     seed: int = 1
+    showers_per_condition: int = 1
+
+    def __post_init__(self) -> None:
+        k = self.showers_per_condition
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1 or self.n_per_particle % k:
+            msg = f"data.showers_per_condition must be an integer >= 1 that divides n_per_particle ({self.n_per_particle}), got {k!r}"
+            raise ValueError(msg)
 
     def conditions(self, detector: Detector = DEFAULT_DETECTOR) -> dict[str, np.ndarray]:
         """The condition columns of every shower, particle by particle (not shuffled).
@@ -71,9 +85,10 @@ class DataConfig:
         """
         from .mc import sample_conditions
 
+        repeat = self.showers_per_condition
         parts = [
             sample_conditions(
-                self.n_per_particle,
+                self.n_per_particle // repeat,
                 energy=self.energy,
                 eta=self.eta,
                 particle=particle,
@@ -83,7 +98,7 @@ class DataConfig:
             )
             for k, particle in enumerate(self.particles)
         ]
-        return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+        return {key: np.repeat(np.concatenate([p[key] for p in parts]), repeat) for key in parts[0]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,6 +226,16 @@ class RunConfig:
     train: TrainConfig = TrainConfig()
     data_dir: str = "data"
 
+    def __post_init__(self) -> None:
+        group = self.data.showers_per_condition
+        if group > 1 and (self.model.critic_minibatch_std != group or self.train.batch_size % group):
+            msg = (
+                f"data.showers_per_condition = {group} needs model.critic_minibatch_std = {group} (the critic's groups are the "
+                f"showers of one condition) and a train.batch_size that it divides; got critic_minibatch_std = "
+                f"{self.model.critic_minibatch_std} and batch_size = {self.train.batch_size}"
+            )
+            raise ValueError(msg)
+
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON values (tuples as lists), as ``config.json`` stores it.
 
@@ -280,6 +305,8 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Mapping
 def _as_json(spec: DataConfig | MonitorConfig) -> dict[str, Any]:
     """The table as JSON values, as a file's metadata records it."""
     values: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(spec)))
+    if values.get("showers_per_condition") == 1:  # the tables written before the field existed
+        del values["showers_per_condition"]
     return values
 
 
@@ -296,7 +323,7 @@ def dataset_path(spec: DataConfig | MonitorConfig, data_dir: str | os.PathLike[s
         ('data', '.h5', True)
     """
     kind = "train" if isinstance(spec, DataConfig) else "monitor"
-    text = json.dumps(dataclasses.asdict(spec), sort_keys=True)
+    text = json.dumps(_as_json(spec), sort_keys=True)
     return Path(data_dir) / f"{kind}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.h5"
 
 

@@ -208,12 +208,19 @@ def _energy_source(model: ShowerModel, rng: torch.Generator) -> _EnergySource:
     return lambda c, r_real: model.energy.sample(c, torch.rand((len(c),), generator=rng, device=c.device))
 
 
-def _draw(model: ShowerModel, real: _Batchable, rng: torch.Generator, energy: _EnergySource, n: int) -> _Batch:
+def _draw(model: ShowerModel, real: _Batchable, rng: torch.Generator, energy: _EnergySource, n: int, group: int = 1) -> _Batch:
     """``n`` random real showers and generated ones at their conditions. From ``rng``, in this
     order: the showers' indices, the latent noise, the energy network's uniforms (``"loss"``),
-    the cell noise (``cell_noise``)."""
+    the cell noise (``cell_noise``). With ``group`` > 1 (``data.showers_per_condition``), ``n /
+    group`` random groups of ``group`` consecutive showers (the showers of one condition), each
+    group's rows consecutive in the batch."""
     device = real.e.device
-    c, e, r_real, x = real.take(torch.randint(len(real), (n,), generator=rng, device=device))
+    if group == 1:
+        index = torch.randint(len(real), (n,), generator=rng, device=device)
+    else:
+        first = torch.randint(len(real) // group, (n // group,), generator=rng, device=device) * group
+        index = (first[:, None] + torch.arange(group, device=device)).reshape(-1)
+    c, e, r_real, x = real.take(index)
     z = torch.randn((n, model.generator.n_inputs), generator=rng, device=device)
     r_fake = energy(c, r_real)
     noise = torch.randn((n, model.detector.n_total_cells), generator=rng, device=device) if model.config.cell_noise else None
@@ -437,6 +444,12 @@ def train(
     model = _initial_model(config, train_data, detector, processes.device)
     real = _Batchable.build(model, train_data, processes.device)
     del train_data
+    group = config.data.showers_per_condition
+    if group > 1:  # the batches' groups must be showers of one condition: check the file is so ordered
+        grouped = real.c.reshape(-1, group, real.c.shape[1])
+        if len(real) % group or not bool((grouped == grouped[:, :1]).all()):
+            msg = f"the training data {dataset_path(config.data, config.data_dir)} is not in groups of {group} showers of one condition (data.showers_per_condition)"
+            raise ValueError(msg)
     processes.broadcast(model)
     monitor = Monitor(monitor_data, seed=tc.seed + 2)
     rng = torch.Generator(device=processes.device).manual_seed(tc.seed + 1 + 1000 * processes.rank)
@@ -467,7 +480,7 @@ def train(
         model.train()
         for _ in range(tc.n_critic):
             with torch.no_grad():
-                b = _draw(model, real, rng, energy, tc.batch_size)
+                b = _draw(model, real, rng, energy, tc.batch_size, group)
             d_real, d_fake = model.critic(b.x, b.c, b.r_real), model.critic(b.fake, b.c, b.r_fake)
             loss_c, logged = critic_loss(d_real, d_fake, b)
             for name, value in logged.items():
@@ -476,7 +489,7 @@ def train(
         means.add("wasserstein", (d_real.mean() - d_fake.mean()).item())
         means.add("critic_loss", loss_c.item())
 
-        b = _draw(model, real, rng, energy, tc.batch_size)
+        b = _draw(model, real, rng, energy, tc.batch_size, group)
         loss_g, logged = generator_loss(model.critic(b.fake, b.c, b.r_fake), b)
         for name, value in logged.items():
             means.add(name, value.item())

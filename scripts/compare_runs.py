@@ -3,8 +3,9 @@
     python scripts/compare_runs.py runs/default runs/cmp-bce-7000 --steps 500 1000 2000 4000 6000 7000 \
         -o validation/loss-comparison/summary.json
 
-For every run and every requested evaluation step: the monitor score (mean separation power of the
-high-level features over the energy points), the mean separation power without the response
+For every run and every requested evaluation step: the monitor's low-level classifier AUC (where
+the run logged it), the monitor score (mean separation power of the high-level features over the
+energy points), the mean separation power without the response
 (shape only), the n_cells and width_y separation powers, precision / recall / density / coverage,
 and the wall time to that step.
 """
@@ -28,6 +29,7 @@ def rows_of(run: Path, steps: list[int] | None) -> list[dict[str, float | int | 
             {
                 "run": run.name,
                 "step": record["step"],
+                "auc": record.get("classifier_auc", float("nan")),
                 "score": record["score"],
                 "shape_sp": sum(shape) / len(shape),
                 "n_cells_sp": sp["n_cells"],
@@ -46,9 +48,9 @@ def main() -> None:
     parser.add_argument("-o", "--output", type=Path, default=None)
     args = parser.parse_args()
     rows = [row for run in args.runs for row in rows_of(run, args.steps)]
-    header = "| run | step | score | shape SP | n_cells SP | width_y SP | precision | recall | density | coverage | wall s |\n" + "|---" * 11 + "|"
+    header = "| run | step | monitor AUC | score | shape SP | n_cells SP | width_y SP | precision | recall | density | coverage | wall s |\n" + "|---" * 12 + "|"
     lines = [
-        f"| {r['run']} | {r['step']} | {r['score']:.3f} | {r['shape_sp']:.3f} | {r['n_cells_sp']:.3f} | {r['width_y_sp']:.3f} "
+        f"| {r['run']} | {r['step']} | {r['auc']:.3f} | {r['score']:.3f} | {r['shape_sp']:.3f} | {r['n_cells_sp']:.3f} | {r['width_y_sp']:.3f} "
         f"| {r['precision']:.3f} | {r['recall']:.3f} | {r['density']:.3f} | {r['coverage']:.3f} | {r['seconds']:.0f} |"
         for r in rows
     ]

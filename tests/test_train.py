@@ -315,3 +315,45 @@ def test_fluctuation_options_train_and_improve_the_fixed_condition_classifier(tm
 
     before, after = fixed_condition_auc(tmp_path / "untrained"), fixed_condition_auc(run / "final")
     assert before > 0.9 and after < before - 0.1, (before, after)
+
+
+def test_showers_per_condition_groups_the_data_and_the_batches(tmp_path: Path, data_dir: Path) -> None:
+    """data.showers_per_condition = 4: the MC file holds 4 different showers at each drawn
+    condition, one after the other; every batch is made of whole groups, the generated showers
+    at the same conditions in the same rows, so that the critic's groups of 4 (its minibatch
+    standard deviation) are showers of one condition; a tiny run trains on it. The default (1)
+    leaves the shipped config's cache name as it was."""
+    from fastcalo import datasets
+    from fastcalo import train as training
+    from fastcalo.runconfig import dataset_path, ensure_dataset
+
+    shipped = load_config(Path(__file__).parents[1] / "fastcalo" / "models" / "default" / "train.toml")
+    assert dataset_path(shipped.data, "data").name == "train-fddacc6e7514.h5"
+    path = tiny_config(tmp_path, data_dir, steps=20, eval_every=20)
+    with pytest.raises(ValueError, match="needs model.critic_minibatch_std = 4"):
+        load_config(path, data={"showers_per_condition": 4})
+    with pytest.raises(ValueError, match="divides n_per_particle"):
+        load_config(path, data={"showers_per_condition": 7}, model={"critic_minibatch_std": 7})
+    config = load_config(path, data={"showers_per_condition": 4}, model={"critic_minibatch_std": 4})
+    assert dataset_path(config.data, data_dir) != dataset_path(dataclasses.replace(config.data, showers_per_condition=1), data_dir)
+
+    data = datasets.read(ensure_dataset(config.data, config.data_dir, progress=False))
+    assert len(data) == 900
+    columns = np.stack([data.energy, data.eta, data.impact_x, data.impact_y, data.pdgid]).T.reshape(-1, 4, 5)
+    assert (columns == columns[:, :1]).all()  # one condition per group of 4
+    assert len(np.unique(columns[:, 0, 0])) == 225  # and 225 different ones
+    images = data.images.reshape(-1, 4, 576)
+    assert not (images[:, 1:] == images[:, :1]).all(axis=2).any()  # four different showers each
+
+    model = training._initial_model(config, data, training.DEFAULT_DETECTOR, torch.device("cpu"))
+    real = training._Batchable.build(model, data, torch.device("cpu"))
+    rng = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        batch = training._draw(model, real, rng, training._energy_source(model, rng), 64, 4)
+    grouped = batch.c.reshape(16, 4, -1)
+    assert (grouped == grouped[:, :1]).all() and len(torch.unique(grouped[:, 0, 0])) > 1
+    assert batch.fake.shape == batch.x.shape == (64, 576)
+
+    trained = load(train(config, tmp_path / "grouped", progress=False))
+    assert trained.config.critic_minibatch_std == 4
+    assert trained.metadata["training"]["data"]["showers_per_condition"] == 4
