@@ -9,7 +9,11 @@ conditions and impact points, per ring of cells at Chebyshev distance 0, 1, ... 
 cell: the fraction of cells above threshold, the mean, standard deviation and 99.9 % quantile of a
 cell's energy, and the mean energy of the cells above threshold; per shower: the energy outside
 the central 7x7 cells (mean and standard deviation: the halo's shower-to-shower fluctuation) and
-its number of cells above threshold. Prints a markdown table and writes the numbers as JSON.
+its number of cells above threshold. With ``--classifier``, also the validation report's
+fixed-condition diagnosis of each model (``scripts/study.py``'s ``fixed_condition``: the
+gradient-boosted classifier's AUC, the response and core-resolution ratios, the median cell
+standard-deviation ratios in the core and outside the central 7x7), on the same showers (same
+seed). Prints markdown tables and writes the numbers as JSON.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ def main() -> int:
     parser.add_argument("--reference", type=Path, required=True, help="MC showers at one condition (ROOT or HDF5)")
     parser.add_argument("--model", action="append", required=True, metavar="LABEL=DIR", help="a model directory to compare (repeatable)")
     parser.add_argument("--seed", type=int, default=1, help="the Simulator's seed")
+    parser.add_argument("--classifier", action="store_true", help="also run the report's fixed-condition diagnosis on each model")
     parser.add_argument("-o", "--output", type=Path, required=True, help="JSON file for the numbers")
     args = parser.parse_args()
 
@@ -67,6 +72,10 @@ def main() -> int:
         sim = fastcalo.Simulator(directory, device="cpu", seed=args.seed)
         images = sim.sample(energy=energy, eta=eta, particle=pdgid, n=len(mc), impact_x=mc.impact_x, impact_y=mc.impact_y)
         results[label] = ring_stats(images, distance)
+        if args.classifier:
+            from study import fixed_condition  # scripts/study.py, beside this script
+
+            results[label]["diagnosis"] = fixed_condition(Path(directory), args.reference, seed=args.seed)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=1) + "\n")
 
@@ -77,6 +86,12 @@ def main() -> int:
     for ring in range(int(distance.max()) + 1):
         rows = [results[lab]["rings"][ring] for lab in labels]
         print(f"| {ring} | " + " | ".join(f"{r['hit_fraction']:.4f}" for r in rows) + " | " + " | ".join(f"{r['std_mev']:.1f}" for r in rows) + " | " + " | ".join(f"{r['q999_mev']:.0f}" for r in rows) + " |")
+    if args.classifier:
+        print("| model | fixed-condition AUC | cell std ratio core / outside 7x7 | response ratio | core-resolution ratio |")
+        print("|---|---|---|---|---|")
+        for lab in labels[1:]:
+            d = results[lab]["diagnosis"]
+            print(f"| {lab} | {d['fixed_auc']:.4f} | {d['core_std_ratio']:.2f} / {d['outside_std_ratio']:.2f} | {d['response_ratio']:.4f} | {d['core_ratio']:.3f} |")
     for lab in labels:
         r = results[lab]
         print(f"{lab}: outside the central 7x7 {r['halo_mev_mean']:.0f} ± {r['halo_mev_std']:.0f} MeV (mean ± sd), {r['halo_hits_mean']:.1f} ± {r['halo_hits_std']:.1f} cells above threshold")
