@@ -487,7 +487,6 @@ def replaceable(path: str | os.PathLike[str], *, overwrite: bool) -> None:
         try:
             found = metadata(target).get("format")
         except (OSError, ValueError):
-            found = None
             problem = f"it is not a readable {'HDF5' if file_kind(target) == 'hdf5' else 'ROOT'} file"
         else:
             problem = "" if found == _FORMAT else f'its metadata have no "format": "{_FORMAT}"'
