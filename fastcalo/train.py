@@ -446,7 +446,7 @@ def train(
     del train_data
     group = config.data.showers_per_condition
     if group > 1:  # the batches' groups must be showers of one condition: check the file is so ordered
-        grouped = real.c.reshape(-1, group, real.c.shape[1])
+        grouped = real.c[: len(real) - len(real) % group].reshape(-1, group, real.c.shape[1])
         if len(real) % group or not bool((grouped == grouped[:, :1]).all()):
             msg = f"the training data {dataset_path(config.data, config.data_dir)} is not in groups of {group} showers of one condition (data.showers_per_condition)"
             raise ValueError(msg)
