@@ -13,7 +13,10 @@ is a ratio of two numbers from the same run.
 
 The network-bound rate is the generator and energy networks alone on inputs drawn beforehand, in
 the calls the engine makes (on the CPU blocks of 1024 rows, one per thread, side by side; on a GPU
-the whole batch): the most any sampling path could reach with this model. On the CPU the same
+the whole batch): the most any sampling path could reach with this model. The generator there is
+its forward pass, the stochastic output layer included (mu + exp(log sigma) g, the normals drawn
+beforehand); on the CPU its layers alone (the matrix products and activations: all the engine
+now runs in torch, a numba kernel doing the rest) are timed too, a stricter bound. On the CPU the same
 networks are also timed with each block split among torch's threads, one block after the other
 (the engine's former way), and the faster of the two is the bound. End to end follow:
 ``fastcalo.Simulator.sample`` at each batch size (the model plus the per-particle random streams, the detector response and the
@@ -153,11 +156,16 @@ def file_rates(model: Path, device: torch.device, n_events: int) -> dict[str, ob
     return out
 
 
-def network_rate(model: torch.nn.Module, device: torch.device, batch: int, min_seconds: float, *, side_by_side: bool = True) -> float:
+def network_rate(
+    model: torch.nn.Module, device: torch.device, batch: int, min_seconds: float, *, side_by_side: bool = True, layers_only: bool = False
+) -> float:
     """Showers/s of the generator and energy networks alone, inputs drawn beforehand, in the calls
     the engine makes: on the CPU blocks of BLOCK rows, one per thread, as many at once as torch has
     threads (``side_by_side``; False: one block after the other, each split among torch's threads,
-    as the engine did before); on a GPU the whole batch."""
+    as the engine did before); on a GPU the whole batch. The generator is its forward pass
+    (``Generator.forward``: with the stochastic output layer's mu + exp(log sigma) g on normals
+    drawn beforehand), or with ``layers_only`` its layers alone (``Generator.outputs``: the matrix
+    products and activations, which is all the CPU engine runs in torch)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from fastcalo.engine import BLOCK, one_torch_thread
@@ -171,10 +179,12 @@ def network_rate(model: torch.nn.Module, device: torch.device, batch: int, min_s
     with torch.inference_mode():
         r = model.energy.sample(c, u)
 
+    generator = model.generator.outputs if layers_only else model.generator
+
     def call(i: int) -> None:
         with torch.inference_mode():
             model.energy.sample(c[i : i + step], u[i : i + step])
-            model.generator(z[i : i + step], c[i : i + step], r[i : i + step])
+            generator(z[i : i + step], c[i : i + step], r[i : i + step])
 
     def run(once: Callable[[], None]) -> float:
         once()
@@ -255,9 +265,13 @@ def main() -> None:
             row["network_side_by_side_showers_per_s"] = row["network_showers_per_s"]
             row["network_split_calls_showers_per_s"] = network_rate(model, device, row["batch_size"], args.min_seconds, side_by_side=False)
             row["network_showers_per_s"] = max(row["network_side_by_side_showers_per_s"], row["network_split_calls_showers_per_s"])
+            row["network_layers_showers_per_s"] = network_rate(model, device, row["batch_size"], args.min_seconds, layers_only=True)
         row["simulator_showers_per_s"] = simulator_rate(args.model, device, row["batch_size"], args.min_seconds)
         row["simulator_over_network"] = row["simulator_showers_per_s"] / row["network_showers_per_s"]
-        print(json.dumps({k: row[k] for k in ("batch_size", "network_showers_per_s", "simulator_showers_per_s", "simulator_over_network")}), flush=True)
+        if "network_layers_showers_per_s" in row:
+            row["simulator_over_network_layers"] = row["simulator_showers_per_s"] / row["network_layers_showers_per_s"]
+        keys = ("batch_size", "network_showers_per_s", "network_layers_showers_per_s", "simulator_showers_per_s", "simulator_over_network", "simulator_over_network_layers")
+        print(json.dumps({k: row[k] for k in keys if k in row}), flush=True)
     file_to_file = file_rates(args.model, device, args.file_events) if args.file_events else None
     if file_to_file:
         print(json.dumps(file_to_file), flush=True)
@@ -307,6 +321,8 @@ def main() -> None:
         "network_showers_per_s_at_4096": at["network_showers_per_s"],
         "simulator_showers_per_s_at_4096": at["simulator_showers_per_s"],
         "simulator_over_network_at_4096": at["simulator_over_network"],
+        "network_layers_showers_per_s_at_4096": at.get("network_layers_showers_per_s"),
+        "simulator_over_network_layers_at_4096": at.get("simulator_over_network_layers"),
         "file_to_file": file_to_file,
         "peers": peers,
     }
@@ -329,6 +345,8 @@ def draw(result: dict, path: Path) -> None:
     sizes = [r["batch_size"] for r in rows]
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     ax.plot(sizes, [r["network_showers_per_s"] for r in rows], "^:", color="C2", label="networks alone (network-bound)")
+    if all("network_layers_showers_per_s" in r for r in rows):
+        ax.plot(sizes, [r["network_layers_showers_per_s"] for r in rows], "v:", color="C4", label="networks' layers alone")
     ax.plot(sizes, [r["simulator_showers_per_s"] for r in rows], "s-", color="C1", label="Simulator.sample (end to end)")
     ax.plot(sizes, [r["showers_per_s"] for r in rows], "o-", color="C0", label="ShowerModel.generate, dense torch normals")
     file_to_file = result.get("file_to_file")

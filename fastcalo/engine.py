@@ -16,10 +16,11 @@ gives the same bits. The output is then bit-identical at any batch size, chunk s
 threads or of dask workers (for the same dtype). On a GPU a batch runs as one call (cuBLAS picks
 its kernels by shape): showers at other batch sizes agree to float rounding.
 
-On the CPU the detector response is :func:`fastcalo._response.respond`, one numba kernel per shower
-that draws the cells' noise sparsely from counter-based random numbers keyed by the block (only
-where a cell can read above the threshold); on a GPU it is :meth:`ShowerModel.generate` on dense
-normals drawn with the block's torch generator. Same distribution, different numbers.
+On the CPU torch runs the networks' matrix products and :func:`fastcalo._response.generate`, one
+numba kernel per shower, the rest: the stochastic output layer, the softmax and the detector
+response, with counter-based random numbers keyed by the block (the cells' noise drawn sparsely,
+only where a cell can read above the threshold); on a GPU it is :meth:`ShowerModel.generate` on
+dense normals drawn with the block's torch generator. Same distribution, different numbers.
 
 Particles outside the model's trained ranges (energy, |eta|, particle type) follow the
 ``out_of_range`` policy: ``"error"`` (default) raises, ``"clip"`` moves energy and eta to the
@@ -66,7 +67,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from ._response import ResponseKernel, respond
+from ._response import ResponseKernel, generate
 
 if TYPE_CHECKING:
     import awkward as ak
@@ -605,10 +606,12 @@ class Engine:
     def _draws(self, blocks: range, stream: Sequence[int]) -> list[_BlockDraws]:
         """The random inputs of whole blocks of particles (BLOCK rows each): the generator's
         standard normals z, the energy model's uniforms u, on a GPU the cell noise (if the model
-        adds it; on the CPU the response kernel draws it from the block's key), impact-point
-        uniforms (numpy)."""
-        latent = self.model.generator.n_inputs
-        cells = self.model.detector.n_total_cells if self.model.config.cell_noise and self.device.type != "cpu" else 0
+        adds it), impact-point uniforms (numpy). On the CPU the kernel draws the cell noise and the
+        stochastic output layer's normals from the block's key: z holds the latent ones only."""
+        cpu, config = self.device.type == "cpu", self.model.config
+        # on the CPU the kernel draws the stochastic output layer's normals and the cell noise
+        latent = config.latent_dim if cpu and config.generator_noise == "cells" else self.model.generator.n_inputs
+        cells = self.model.detector.n_total_cells if config.cell_noise and not cpu else 0
         draws = []
         for block in blocks:
             key = _block_seed(self.seed, block, stream)
@@ -643,13 +646,13 @@ class Engine:
         images = np.empty((n, side, side), dtype=np.float32)
         dtype = self.dtype  # u stays float32, as the energy model does
         if self.device.type == "cpu":
-            # each block as one network call, then the response kernel writes its rows of images
+            # each block as one network call, then the kernel writes its rows of images
             flat = images.reshape(n, side * side)
             for d, (target, inside) in zip(draws, spans, strict=True):
                 c_unit, e_unit = _padded(c[target], inside), _padded(e_inc[target], inside)
-                deposit, total = self.model.deposit(c_unit.to(dtype), e_unit.to(dtype), d.z.to(dtype), d.u)
+                outputs, total = self.model.outputs(c_unit.to(dtype), e_unit.to(dtype), d.z.to(dtype), d.u)
                 rows = range(inside.start, inside.stop)
-                respond(deposit.numpy(), total.numpy(), flat[target], rows, d.key, self._kernel)
+                generate(outputs.numpy(), total.numpy(), flat[target], rows, d.key, self._kernel)
         else:  # one call for the whole batch
             every = slice(0, n)
             z = torch.cat([d.z[inside] for d, (_, inside) in zip(draws, spans, strict=True)])

@@ -546,20 +546,25 @@ class Generator(nn.Module):
         _last_linear(self.net).bias[:n].copy_(torch.as_tensor(np.log(mean_fractions + 1e-7), dtype=torch.float32))
 
     def forward(self, z: torch.Tensor, c: torch.Tensor, r_code: torch.Tensor) -> torch.Tensor:
+        out = self.outputs(z, c, r_code)
+        if self.config.generator_noise != "cells":
+            return out
+        n, latent = self.side * self.side, self.config.latent_dim
+        return out[:, :n] + torch.exp(out[:, n:]) * z[:, latent:]
+
+    def outputs(self, z: torch.Tensor, c: torch.Tensor, r_code: torch.Tensor) -> torch.Tensor:
+        """The network's outputs before the stochastic output layer: the logits (N, 576), or with
+        ``generator_noise="cells"`` the logits' location mu and log scale side by side (N, 1152),
+        which :meth:`forward` turns into mu + exp(log scale) g with the normals g of z's columns
+        after the latent ones (here z needs only the latent columns)."""
         latent = self.config.latent_dim
         x = torch.cat([z[:, :latent], c, r_code[:, None]], dim=1)
-        noise = self.config.generator_noise
-        if noise == "none":
-            logits: torch.Tensor = self.net(x)
-            return logits
-        hidden = self.net[:-1](x)
-        if noise == "hidden":
-            hidden = hidden + self.noise_scale * z[:, latent:]
-        out: torch.Tensor = self.net[-1](hidden)
-        if noise == "hidden":
+        if self.config.generator_noise != "hidden":
+            out: torch.Tensor = self.net(x)
             return out
-        n = self.side * self.side
-        return out[:, :n] + torch.exp(out[:, n:]) * z[:, latent:]
+        hidden = self.net[:-1](x) + self.noise_scale * z[:, latent:]
+        last: torch.Tensor = self.net[-1](hidden)
+        return last
 
 
 class Critic(nn.Module):
@@ -764,12 +769,26 @@ class ShowerModel(nn.Module):
     @torch.no_grad()
     def deposit(self, c: torch.Tensor, e_inc: torch.Tensor, z: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """What :meth:`generate` makes before the detector response: the deposits (N, 576) and the
-        energy model's totals E_dep (N,), GeV, float32; the inputs as for :meth:`generate`. The
-        engine's CPU path applies the response to them in one numba pass
-        (:func:`fastcalo._response.respond`)."""
+        energy model's totals E_dep (N,), GeV, float32; the inputs as for :meth:`generate`."""
         precision = next(self.energy.parameters()).dtype  # float32 also in a half-precision Simulator
         r_code = self.energy.sample(c.to(precision), u.to(precision))
         return self._deposit(z, c, r_code, e_inc)
+
+    @torch.no_grad()
+    def outputs(self, c: torch.Tensor, e_inc: torch.Tensor, z: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where the engine's CPU path hands over to its numba kernel
+        (:func:`fastcalo._response.generate`): the generator's outputs before its stochastic layer
+        (:meth:`Generator.outputs`, float32; with ``generator_noise="cells"`` the logits'
+        location and scale, exp(log scale), side by side) and the energy model's totals E_dep
+        (N,), GeV, float32; the inputs as for :meth:`generate` (z may stop after the latent
+        columns)."""
+        precision = next(self.energy.parameters()).dtype  # float32 also in a half-precision Simulator
+        r_code = self.energy.sample(c.to(precision), u.to(precision))
+        out = self.generator.outputs(z, c, r_code.to(c.dtype)).float()
+        if self.config.generator_noise == "cells":
+            out[:, out.shape[1] // 2 :].exp_()
+        total = self.preprocessing.decode_r(r_code.float()).clamp_min(0.0) * e_inc.float()
+        return out, total
 
     def respond(self, deposit: torch.Tensor, noise: torch.Tensor, *, soft: bool = False) -> torch.Tensor:
         """The detector response of the reference MC on deposits: cells (N, 576) in GeV read

@@ -1,5 +1,6 @@
-"""The CPU response kernel (fastcalo._response) and its counter-based random numbers
-(fastcalo._random): the same distribution of showers as ShowerModel.cells on dense normals."""
+"""The CPU generation kernel (fastcalo._response: stochastic output layer, softmax, response) and
+its counter-based random numbers (fastcalo._random): the same showers as ShowerModel.cells, in
+distribution (the response) and to float rounding on the kernel's own normals (the layer)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import pytest
 import torch
 from scipy import special, stats
 
-from fastcalo._random import counter_normal, counter_tail_normal
-from fastcalo._response import ResponseKernel, respond
+from fastcalo._random import counter_bits, counter_normal32, counter_tail_normal
+from fastcalo._response import ResponseKernel, generate, layer_normals
 from fastcalo.model import DEFAULT_MODEL, ModelConfig, ShowerModel, load
 
 N_DRAWS = 1_000_000
@@ -23,7 +24,9 @@ N_DRAWS = 1_000_000
 def _normals(key: np.uint64, n: int) -> np.ndarray:
     out = np.empty(n)
     for i in range(n):
-        out[i] = counter_normal(key, np.uint64(i) << np.uint64(5))
+        counter = np.uint64(i) << np.uint64(6)
+        first = np.uint32(counter_bits(key, counter) & np.uint64(0xFFFFFFFF))
+        out[i] = counter_normal32(first, key, counter + np.uint64(1))
     return out
 
 
@@ -41,9 +44,13 @@ def test_counter_normals_are_standard_normal() -> None:
     assert stats.kstest(x, "norm").statistic < limit
     assert abs(x.mean()) < 5 / math.sqrt(N_DRAWS)
     assert abs(x.var() - 1) < 5 * math.sqrt(2 / N_DRAWS)
-    # beyond the ziggurat's base (r = 3.44): the tail method; P(|x| > 3.5) = 4.65e-4
-    p = 2 * stats.norm.sf(3.5)
-    assert abs((np.abs(x) > 3.5).mean() - p) < 5 * math.sqrt(p / N_DRAWS)
+    # beyond the ziggurat's base (r = 3.65): the tail method; P(|x| > 3.8) = 1.45e-4
+    p = 2 * stats.norm.sf(3.8)
+    assert abs((np.abs(x) > 3.8).mean() - p) < 5 * math.sqrt(p / N_DRAWS)
+    # a wedge of the ziggurat (between the layers' inner edges and the curve) holds the right mass
+    for low, high in ((0.3, 0.5), (1.2, 1.4), (2.5, 2.7)):
+        p = stats.norm.cdf(high) - stats.norm.cdf(low)
+        assert abs(((x > low) & (x < high)).mean() - p) < 5 * math.sqrt(p / N_DRAWS)
     # a pure function of (key, counter), and other keys give other numbers
     assert np.array_equal(x[:1000], _normals(np.uint64(20261130), 1000))
     assert abs(np.corrcoef(x[:100_000], _normals(np.uint64(1), 100_000))[0, 1]) < 0.02
@@ -76,6 +83,14 @@ def deposits() -> tuple[ShowerModel, np.ndarray, np.ndarray, torch.Tensor, torch
     u = torch.rand((n,), generator=gen)
     deposit, total = model.deposit(c, e, z, u)
     return model, deposit.numpy().copy(), total.numpy().copy(), c, e, z, u
+
+
+def respond(deposit: np.ndarray, total: np.ndarray, out: np.ndarray, rows: range, key: int, kernel: ResponseKernel) -> None:
+    """The kernel's response on given deposits (N, 576), GeV: logits log(deposit) without the
+    stochastic layer, so that the softmax times the total gives the deposits back."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logits = np.log(deposit).astype(np.float32)  # -inf for an empty cell
+    generate(logits, total, out, rows, key, dataclasses.replace(kernel, stochastic=False))
 
 
 def _kernel_showers(model: ShowerModel, deposit: np.ndarray, total: np.ndarray, keys: range, kernel: ResponseKernel | None = None) -> np.ndarray:
@@ -129,14 +144,38 @@ def test_kernel_gives_the_response_of_shower_model_cells(deposits, dim_fraction:
 
 
 def test_kernel_without_noise_is_shower_model_cells(deposits) -> None:  # type: ignore[no-untyped-def]
-    """No cell noise: threshold and rescaling only, the torch path's numbers to float rounding."""
+    """No stochastic layer, no cell noise: softmax, threshold and rescaling only, the torch path's
+    numbers to float rounding."""
     model = ShowerModel(ModelConfig(latent_dim=4, generator_hidden=(16,), critic_hidden=(16,))).eval()
     _, _, _, c, e, _, u = deposits
     z = torch.randn((len(c), model.generator.n_inputs), generator=torch.Generator().manual_seed(1))
-    deposit, total = model.deposit(c, e, z, u)
-    fast = _kernel_showers(model, deposit.numpy(), total.numpy(), range(1))[0]
+    outputs, total = model.outputs(c, e, z, u)
+    fast = np.empty((len(c), model.detector.n_total_cells), dtype=np.float32)
+    generate(outputs.numpy(), total.numpy(), fast, range(len(c)), 0, ResponseKernel.of(model))
     slow = model.generate(c, e, z, u).numpy()
     np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-7)
+
+
+def test_stochastic_layer_gives_torchs_deposits_on_its_own_normals(deposits) -> None:  # type: ignore[no-untyped-def]
+    """The kernel's stochastic output layer and softmax (response=False) against
+    ShowerModel.deposit, torch's form, fed the normals the kernel drew (layer_normals): the same
+    deposits to float rounding; and those normals are standard normal, cell by cell."""
+    model, _, _, c, e, z, u = deposits
+    latent = model.config.latent_dim
+    outputs, total = model.outputs(c, e, z[:, :latent], u)
+    n, cells = len(c), model.detector.n_total_cells
+    fast = np.empty((n, cells), dtype=np.float32)
+    generate(outputs.numpy(), total.numpy(), fast, range(n), 2026, ResponseKernel.of(model), response=False)
+    g = layer_normals(np.uint64(2026), n, cells)
+    slow, slow_total = model.deposit(c, e, torch.cat([z[:, :latent], torch.from_numpy(g)], dim=1), u)
+    np.testing.assert_allclose(fast, slow.numpy(), rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(fast.sum(axis=1), slow_total.numpy(), rtol=1e-5)
+    assert abs(g.mean()) < 5 / math.sqrt(g.size) and abs(g.var() - 1) < 5 * math.sqrt(2 / g.size)
+    assert stats.kstest(g.ravel(), "norm").statistic < 1.95 / math.sqrt(g.size)
+    assert abs(np.corrcoef(g[:, 0], g[:, 1])[0, 1]) < 5 / math.sqrt(n)  # neighbouring cells independent
+    other = np.empty_like(fast)
+    generate(outputs.numpy(), total.numpy(), other, range(n), 2027, ResponseKernel.of(model), response=False)
+    assert not np.array_equal(other, fast)  # another block key, other normals
 
 
 def test_kernel_rows_do_not_depend_on_what_else_is_processed(deposits) -> None:  # type: ignore[no-untyped-def]
@@ -153,7 +192,9 @@ def test_kernel_rows_do_not_depend_on_what_else_is_processed(deposits) -> None: 
 
 
 def test_kernel_marks_broken_showers_as_nan(deposits) -> None:  # type: ignore[no-untyped-def]
-    model, deposit, total, *_ = deposits
+    """A NaN or +inf among the outputs (location or scale), logits all -inf, or a total that is
+    not finite: that shower all NaN, as ShowerModel.cells makes it; the others untouched."""
+    model, deposit, total, c, e, z, u = deposits
     broken = deposit[:3].copy()
     broken[0, 7] = np.nan
     totals = total[:3].copy()
@@ -162,6 +203,18 @@ def test_kernel_marks_broken_showers_as_nan(deposits) -> None:  # type: ignore[n
     respond(broken, totals, out, range(3), 1, ResponseKernel.of(model))
     assert np.isnan(out[0]).all() and np.isnan(out[1]).all()
     assert np.isfinite(out[2]).all() and out[2].sum() == pytest.approx(float(totals[2]), rel=1e-5)
+    outputs, total = model.outputs(c[:6], e[:6], z[:6, : model.config.latent_dim], u[:6])
+    outputs = outputs.numpy().copy()
+    cells = model.detector.n_total_cells
+    outputs[0, 5] = np.nan  # a location
+    outputs[1, cells + 5] = np.nan  # a scale
+    outputs[2, 9] = np.inf
+    outputs[3, :cells] = -np.inf
+    outputs[4, cells + 9] = np.inf  # an infinite scale: an infinite logit (or a NaN one, for g = 0)
+    out = np.empty((6, cells), dtype=np.float32)
+    generate(outputs, total.numpy(), out, range(6), 1, ResponseKernel.of(model))
+    assert np.isnan(out[:5]).all(axis=1).all()
+    assert np.isfinite(out[5]).all() and out[5].sum() == pytest.approx(float(total[5]), rel=1e-5)
 
 
 def test_dim_cells_cross_with_the_probability_of_the_normal_tail() -> None:
@@ -176,5 +229,7 @@ def test_dim_cells_cross_with_the_probability_of_the_normal_tail() -> None:
     out = np.empty_like(deposit)
     respond(deposit, np.full(2000, 20.0, dtype=np.float32), out, range(2000), 9, kernel)  # scale > 1: no second cut
     hits = (out[:, 1:] > 0).mean()
+    d *= 20.0 / float(deposit[0].astype(np.float64).sum())  # the softmax scales the deposits to the total
+    assert d < kernel.dim
     p = 0.5 * special.erfc(kernel.edge_of(d) / math.sqrt(2))
     assert abs(hits - p) < 5 * math.sqrt(p / (2000 * 575))
