@@ -3,6 +3,7 @@ machine's own matrix-multiply peak, all measured in this one run.
 
     python benchmarks/throughput.py --label dev_2cores
     python benchmarks/throughput.py --model runs/default/best --device cuda --label h100
+    python benchmarks/throughput.py --dtype bfloat16 --batch-sizes 4096 65536 --file-events 0 --no-peers --label dev_2cores_bf16
 
 For each batch size the model generates showers for random conditions drawn like the training
 data (log-uniform 1-100 GeV, |eta| < 1.5, photons/electrons/positrons, impact point in the central
@@ -16,7 +17,9 @@ the calls the engine makes (on the CPU blocks of 1024 rows, one per thread, side
 the whole batch): the most any sampling path could reach with this model. The generator there is
 its forward pass, the stochastic output layer included (mu + exp(log sigma) g, the normals drawn
 beforehand); on the CPU its layers alone (the matrix products and activations: all the engine
-now runs in torch, a numba kernel doing the rest) are timed too, a stricter bound. On the CPU the same
+now runs in torch, a numba kernel doing the rest) are timed too, a stricter bound. The bounds and
+``Simulator.sample`` are timed in turn ``--rounds`` times at each batch size (default 3) and each
+rate is the mean of its rounds: on a shared machine rates drift by tens of percent within a minute. On the CPU the same
 networks are also timed with each block split among torch's threads, one block after the other
 (the engine's former way), and the faster of the two is the bound. End to end follow:
 ``fastcalo.Simulator.sample`` at each batch size (the model plus the per-particle random streams, the detector response and the
@@ -86,11 +89,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def simulator_rate(model: Path, device: torch.device, batch: int, min_seconds: float) -> float:
+def simulator_rate(model: Path, device: torch.device, batch: int, min_seconds: float, dtype: str = "float32") -> float:
     """Showers/s of ``Simulator.sample`` at one batch size (random streams and host copy included)."""
     from fastcalo import Simulator
 
-    sim = Simulator(model, device=str(device), batch_size=batch, seed=1)
+    sim = Simulator(model, device=str(device), batch_size=batch, seed=1, dtype=dtype)
     c = conditions(batch, seed=batch)
     names = {22: "photon", 11: "electron", -11: "positron"}
     particle = np.array([names[int(p)] for p in c["pdgid"]], dtype=object)
@@ -222,9 +225,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 256, 1024, 4096, 16384, 65536])
     parser.add_argument("--min-seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=3, help="times the bound and Simulator.sample are timed in turn at each batch size")
     parser.add_argument("--mc-showers", type=int, default=400, help="reference-MC showers to time (all cores)")
     parser.add_argument("--file-events", type=int, default=50_000, help="events of the file-to-file test (0: skip)")
     parser.add_argument("--no-peers", action="store_true", help="skip the GFlash peer and ONNX Runtime")
+    parser.add_argument("--dtype", default="float32", help="Simulator.sample's dtype (the networks alone stay float32; another dtype is also timed in float32)")
     parser.add_argument("--label", default=platform.node())
     parser.add_argument("--results", type=Path, default=HERE / "results")
     args = parser.parse_args()
@@ -260,13 +265,24 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
 
     for row in rows:
-        row["network_showers_per_s"] = network_rate(model, device, row["batch_size"], args.min_seconds)
-        if device.type == "cpu":  # both ways to use the cores, each kept; the better one is the bound
-            row["network_side_by_side_showers_per_s"] = row["network_showers_per_s"]
-            row["network_split_calls_showers_per_s"] = network_rate(model, device, row["batch_size"], args.min_seconds, side_by_side=False)
-            row["network_showers_per_s"] = max(row["network_side_by_side_showers_per_s"], row["network_split_calls_showers_per_s"])
-            row["network_layers_showers_per_s"] = network_rate(model, device, row["batch_size"], args.min_seconds, layers_only=True)
-        row["simulator_showers_per_s"] = simulator_rate(args.model, device, row["batch_size"], args.min_seconds)
+        # the bound and Simulator.sample timed in turn, ``--rounds`` times: on a shared machine the
+        # rates drift by tens of percent within a minute, and a ratio of rates taken side by side
+        # in time is steadier than one of rates taken minutes apart; each rate is the rounds' mean
+        batch = row["batch_size"]
+        timed: dict[str, list[float]] = {}
+        for _ in range(args.rounds):
+            rates = {"network_side_by_side_showers_per_s": network_rate(model, device, batch, args.min_seconds)}
+            if device.type == "cpu":  # both ways to use the cores, each kept; the better one is the bound
+                rates["network_split_calls_showers_per_s"] = network_rate(model, device, batch, args.min_seconds, side_by_side=False)
+                rates["network_layers_showers_per_s"] = network_rate(model, device, batch, args.min_seconds, layers_only=True)
+            rates["simulator_showers_per_s"] = simulator_rate(args.model, device, batch, args.min_seconds, args.dtype)
+            if args.dtype != "float32":
+                rates["simulator_float32_showers_per_s"] = simulator_rate(args.model, device, batch, args.min_seconds)
+            for name, value in rates.items():
+                timed.setdefault(name, []).append(value)
+        row.update({name: float(np.mean(values)) for name, values in timed.items()})
+        row["rounds"] = {name: values for name, values in timed.items()}
+        row["network_showers_per_s"] = max(row["network_side_by_side_showers_per_s"], row.get("network_split_calls_showers_per_s", 0.0))
         row["simulator_over_network"] = row["simulator_showers_per_s"] / row["network_showers_per_s"]
         if "network_layers_showers_per_s" in row:
             row["simulator_over_network_layers"] = row["simulator_showers_per_s"] / row["network_layers_showers_per_s"]
@@ -309,6 +325,7 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
         "model": str(args.model),
+        "simulator_dtype": args.dtype,
         "generator_flops_per_shower": flops,
         "gemm_peak_gflops": peak,
         "rows": [dict(r, fraction_of_gemm_peak=r["gflops"] / peak) for r in rows],
