@@ -75,8 +75,9 @@ class ResponseKernel:
         dim_fraction: deposits below this fraction of the threshold draw their noise sparsely
             (0: every cell draws a full normal, the dense form the tests compare with).
         stochastic: whether the generator ends in the stochastic output layer
-            (``ModelConfig.generator_noise = "cells"``): its outputs are the logits' location and
-            log scale, and :func:`generate` draws their standard normals.
+            (``ModelConfig.generator_noise = "cells"``): :func:`generate` then takes the logits'
+            location and scale (exp of the network's log scale, :meth:`fastcalo.model.ShowerModel.outputs`) and
+            draws their standard normals.
     """
 
     threshold: float

@@ -609,7 +609,6 @@ class Engine:
         adds it), impact-point uniforms (numpy). On the CPU the kernel draws the cell noise and the
         stochastic output layer's normals from the block's key: z holds the latent ones only."""
         cpu, config = self.device.type == "cpu", self.model.config
-        # on the CPU the kernel draws the stochastic output layer's normals and the cell noise
         latent = config.latent_dim if cpu and config.generator_noise == "cells" else self.model.generator.n_inputs
         cells = self.model.detector.n_total_cells if config.cell_noise and not cpu else 0
         draws = []
