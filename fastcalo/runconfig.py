@@ -158,6 +158,13 @@ class TrainConfig:
             with the lowest score. It damps the step-to-step oscillation of the shower quality
             that the monitor shows.
         ema_start: the generator step after which the average starts.
+        lr_decay_start, lr_decay_steps: if ``lr_decay_steps`` > 0, the learning rates of the GAN
+            (generator and critic, and the energy network when it trains with them) stay at
+            ``lr`` up to generator step ``lr_decay_start``, then fall on a cosine to 0 over
+            ``lr_decay_steps`` steps (:func:`fastcalo.train.gan_lr_factor`, a pure function of
+            the step, not of ``steps``). Annealing damps the generator's oscillation around the
+            critic at the end of a run, with both networks still training on each other (unlike
+            ``ema_decay``, whose average the critic never sees).
         eval_every: generator steps between evaluations on the monitor set (and checkpoints).
         seed: seeds parameters, batches and noise.
         threads: torch CPU threads (0: all cores).
@@ -188,6 +195,8 @@ class TrainConfig:
     energy_loss_weight: float = 10.0
     ema_decay: float = 0.0
     ema_start: int = 0
+    lr_decay_start: int = 0
+    lr_decay_steps: int = 0
     eval_every: int = 1000
     seed: int = 0
     threads: int = 0
@@ -206,6 +215,11 @@ class TrainConfig:
         if not 0.0 <= self.ema_decay < 1.0 or not isinstance(self.ema_start, int) or self.ema_start < 0:
             msg = f"train.ema_decay must be in [0, 1) and train.ema_start an integer >= 0, got {self.ema_decay!r} and {self.ema_start!r}"
             raise ValueError(msg)
+        for name in ("lr_decay_start", "lr_decay_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                msg = f"train.{name} must be an integer >= 0, got {value!r}"
+                raise ValueError(msg)
         if self.ema_decay > 0 and self.ema_start >= self.steps:
             msg = f"train.ema_start ({self.ema_start}) must be below train.steps ({self.steps}): the average would never start"
             raise ValueError(msg)

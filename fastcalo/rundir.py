@@ -107,10 +107,10 @@ class RunDirectory:
         """Whether the run may go on here: a new directory, or one holding this run, or this run
         with fewer generator steps (then it is extended, and says so in the log).
 
-        Only ``train.steps`` may grow, and the weight-averaging settings change if the average
-        starts after the steps already done: nothing in a step depends on the total (the GAN's
-        learning rate is constant) and the average never feeds back into training, so a run
-        extended from its checkpoint is the longer run. Configs written before a field was added
+        Only ``train.steps`` may grow, and the weight-averaging and learning-rate-decay settings
+        change if the average or the decay starts after the steps already done: nothing in a step
+        depends on the total (the learning rate is a function of the step alone) and the average
+        never feeds back into training, so a run extended from its checkpoint is the longer run. Configs written before a field was added
         to the config compare with that field at its default.
 
         Raises:
@@ -130,7 +130,7 @@ class RunDirectory:
         if not _only_longer(stored, self.wanted, self._checkpoint_step(), self.path):
             msg = (
                 f"{self.path} holds a run with a different config ({', '.join(_differences(stored, self.wanted))}); choose "
-                "another directory (only train.steps may grow, and the weight averaging change if it starts after the steps done)"
+                "another directory (only train.steps may grow, and the weight averaging or learning-rate decay change if it starts after the steps done)"
             )
             raise ValueError(msg)
         if self.lead:
@@ -280,7 +280,8 @@ def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list
 
 def _only_longer(stored: dict[str, Any], wanted: dict[str, Any], done: int, path: Path) -> bool:
     """Whether ``wanted`` differs from the run's ``stored`` config only by more generator steps (and
-    weight-averaging settings, if no average has begun by step ``done`` in either).
+    weight-averaging and learning-rate-decay settings, if neither the average nor the decay has
+    begun by step ``done`` in either).
 
     Raises:
         ValueError if ``wanted`` has fewer steps than ``done``.
@@ -288,6 +289,8 @@ def _only_longer(stored: dict[str, Any], wanted: dict[str, Any], done: int, path
     free = ["steps"]
     if all(c["train"]["ema_decay"] == 0 or c["train"]["ema_start"] >= done for c in (stored, wanted)):
         free += ["ema_decay", "ema_start"]  # no averaging has begun in either
+    if all(c["train"]["lr_decay_steps"] == 0 or c["train"]["lr_decay_start"] >= done for c in (stored, wanted)):
+        free += ["lr_decay_start", "lr_decay_steps"]  # the learning rate has been constant in both so far
     if {**stored, "train": {**stored["train"], **{k: wanted["train"][k] for k in free}}} != wanted:
         return False
     if wanted["train"]["steps"] < done:

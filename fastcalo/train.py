@@ -21,7 +21,7 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -45,6 +45,7 @@ __all__ = (
     "cosine_lr",
     "dataset_path",
     "evaluate",
+    "gan_lr_factor",
     "gradient_penalty",
     "load_config",
     "make_dataset",
@@ -151,6 +152,20 @@ def cosine_lr(base: float, step: int, steps: int) -> float:
         (0.001, 0.0005, 0.0)
     """
     return base * 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
+
+
+def gan_lr_factor(step: int, start: int, length: int) -> float:
+    """The GAN's learning rate at generator step ``step`` as a fraction of ``train.lr``: 1 up to
+    ``start`` (``train.lr_decay_start``), then a cosine to 0 over ``length`` steps
+    (``train.lr_decay_steps``; 0: constant), and 0 after it.
+
+    Example:
+        >>> [gan_lr_factor(s, 100, 50) for s in (0, 100, 125, 150, 400)], gan_lr_factor(10**6, 0, 0)
+        ([1.0, 1.0, 0.5, 0.0, 0.0], 1.0)
+    """
+    if length == 0 or step <= start:
+        return 1.0
+    return round(cosine_lr(1.0, step - start, length), 15)
 
 
 @dataclasses.dataclass
@@ -283,6 +298,12 @@ class _Optimizer:
     adam: torch.optim.Adam
     modules: tuple[torch.nn.Module, ...]
     processes: _distributed.Processes
+
+    def scale_lr(self, factor: float, base: Sequence[float]) -> None:
+        """Set every parameter group's learning rate to ``factor`` times its base, ``base[i]`` for
+        group i (a resumed optimizer carries the rate of its last step, not the base)."""
+        for group, lr in zip(self.adam.param_groups, base, strict=True):
+            group["lr"] = lr * factor
 
     def step(self, loss: torch.Tensor) -> None:
         self.adam.zero_grad(set_to_none=True)
@@ -454,6 +475,8 @@ def train(
     monitor = Monitor(monitor_data, seed=tc.seed + 2)
     rng = torch.Generator(device=processes.device).manual_seed(tc.seed + 1 + 1000 * processes.rank)
     optimizers = _optimizers(model, tc, processes)
+    gan = ("generator", "critic")
+    base_lr = {name: [group["lr"] for group in optimizers[name].adam.param_groups] for name in gan}
     adams = {name: o.adam for name, o in optimizers.items()}
     # what the average covers: parameters and floating-point buffers (BatchNorm running statistics)
     averaged = [t for m in optimizers["generator"].modules for t in (*m.parameters(), *m.buffers()) if t.is_floating_point()]
@@ -478,6 +501,8 @@ def train(
     bar = tqdm(total=tc.steps, initial=state.step, desc=f"{tc.loss} training", unit="step", disable=not progress)
     for step in range(state.step, tc.steps):
         model.train()
+        for name in gan:
+            optimizers[name].scale_lr(gan_lr_factor(step, tc.lr_decay_start, tc.lr_decay_steps), base_lr[name])
         for _ in range(tc.n_critic):
             with torch.no_grad():
                 b = _draw(model, real, rng, energy, tc.batch_size, group)

@@ -76,6 +76,16 @@ def test_weight_averaging_may_be_added_only_after_the_steps_done(tmp_path: Path)
         RunDirectory(tmp_path, config(steps=60, ema_decay=0.9, ema_start=10)).check()
 
 
+def test_learning_rate_decay_may_be_added_only_after_the_steps_done(tmp_path: Path) -> None:
+    written(tmp_path, step=40)
+    RunDirectory(tmp_path, config(steps=60, lr_decay_start=40, lr_decay_steps=20)).check()
+    with pytest.raises(ValueError, match=r"different config \(train.lr_decay_start, train.lr_decay_steps, train.steps\)"):
+        RunDirectory(tmp_path, config(steps=60, lr_decay_start=30, lr_decay_steps=20)).check()
+    for bad in ({"lr_decay_start": -1}, {"lr_decay_steps": 1.5}, {"lr_decay_steps": True}):
+        with pytest.raises(ValueError, match=f"train.{next(iter(bad))} must be an integer >= 0"):
+            config(steps=60, **bad)
+
+
 def test_a_config_stored_before_a_field_existed_compares_at_its_default(tmp_path: Path) -> None:
     written(tmp_path)
     stored = json.loads((tmp_path / "config.json").read_text())

@@ -43,6 +43,8 @@ loss = "{loss}"
 n_critic = {n_critic}
 ema_decay = {ema_decay}
 ema_start = {ema_start}
+lr_decay_start = {lr_decay_start}
+lr_decay_steps = {lr_decay_steps}
 """
 
 
@@ -58,12 +60,13 @@ def tiny_config(
     energy: str = "model",
     ema_decay: float = 0.0,
     ema_start: int = 0,
+    lr_decay: tuple[int, int] = (0, 0),
     model_extra: str = "",
 ) -> Path:
-    path = tmp_path / f"tiny-{loss}-{steps}-{cell_noise}-{energy}-{n_critic}-{ema_decay}-{ema_start}-{len(model_extra)}.toml"
+    path = tmp_path / f"tiny-{loss}-{steps}-{cell_noise}-{energy}-{n_critic}-{ema_decay}-{ema_start}-{lr_decay[0]}-{lr_decay[1]}-{len(model_extra)}.toml"
     text = TINY.format(
         data_dir=data_dir, steps=steps, eval_every=eval_every, loss=loss, n_critic=n_critic, cell_noise=str(cell_noise).lower(), energy=energy,
-        ema_decay=ema_decay, ema_start=ema_start, model_extra=model_extra,
+        ema_decay=ema_decay, ema_start=ema_start, lr_decay_start=lr_decay[0], lr_decay_steps=lr_decay[1], model_extra=model_extra,
     )  # fmt: skip
     path.write_text(text)
     return path
@@ -279,6 +282,32 @@ def test_weight_averaging_resumes_and_extends_exactly(tmp_path: Path, data_dir: 
         assert kept["averaged"] is True and kept["step"] == 40, (name, kept["step"])
     with pytest.raises(ValueError, match="ema_start"):  # the average cannot start before steps already done
         train(load_config(tiny_config(tmp_path, data_dir, steps=60, eval_every=20, ema_decay=0.9, ema_start=10)), tmp_path / "extended", progress=False)
+
+
+def test_learning_rate_decay_anneals_resumes_and_extends_exactly(tmp_path: Path, data_dir: Path) -> None:
+    """train.lr_decay_start / lr_decay_steps: the GAN's learning rates fall on a cosine and are 0
+    after it (generator and critic stop moving); a resumed run and a constant-rate run extended
+    with the decay (starting after its steps) are exactly the run that decayed from the start; a
+    decay that has begun cannot be changed."""
+    short = load_config(tiny_config(tmp_path, data_dir, steps=20, eval_every=20))
+    decayed = load_config(tiny_config(tmp_path, data_dir, steps=40, eval_every=20, lr_decay=(20, 10)))
+    constant = load_config(tiny_config(tmp_path, data_dir, steps=40, eval_every=20))
+    train(decayed, tmp_path / "straight", progress=False, until=30)
+    at_30 = load_file(str(tmp_path / "straight" / "checkpoint.safetensors"))
+    train(decayed, tmp_path / "straight", progress=False)
+    train(short, tmp_path / "extended", progress=False)
+    train(decayed, tmp_path / "extended", progress=False)
+    train(constant, tmp_path / "constant", progress=False)
+    at_40 = load_file(str(tmp_path / "straight" / "checkpoint.safetensors"))
+    networks = [k for k in at_40 if k.startswith(("model.generator.", "model.critic."))]
+    assert networks and all(torch.equal(at_30[k], at_40[k]) for k in networks)  # the rate is 0 from step 30 on
+    finals = {name: load_file(str(tmp_path / name / "final" / "model.safetensors")) for name in ("straight", "extended", "constant")}
+    for key in finals["straight"]:
+        torch.testing.assert_close(finals["extended"][key], finals["straight"][key], rtol=0, atol=0, msg=key)
+    assert not torch.equal(finals["constant"]["generator.net.0.weight"], finals["straight"]["generator.net.0.weight"])
+    later = load_config(tiny_config(tmp_path, data_dir, steps=60, eval_every=20, lr_decay=(25, 10)))
+    with pytest.raises(ValueError, match=r"different config \(train.lr_decay_start, train.steps\)"):
+        train(later, tmp_path / "straight", progress=False)
 
 
 def test_fluctuation_options_train_and_improve_the_fixed_condition_classifier(tmp_path: Path, data_dir: Path) -> None:
