@@ -1,13 +1,14 @@
 """Compare training runs by their monitor metrics (metrics.jsonl), as a markdown table and JSON.
 
     python scripts/compare_runs.py runs/default runs/cmp-bce-7000 --steps 500 1000 2000 4000 6000 7000 \
-        -o validation/loss-comparison/summary.json
+        -o validation/loss-comparison/summary.json --plot validation/loss-comparison/learning-curves.png
 
 For every run and every requested evaluation step: the monitor's low-level classifier AUC (where
 the run logged it), the monitor score (mean separation power of the high-level features over the
 energy points), the mean separation power without the response
 (shape only), the n_cells and width_y separation powers, precision / recall / density / coverage,
-and the wall time to that step.
+and the wall time to that step; with ``--plot``, the monitor AUC against the step, one line per
+run (the drawing of scripts/study.py).
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def main() -> None:
     parser.add_argument("runs", type=Path, nargs="+")
     parser.add_argument("--steps", type=int, nargs="*", default=None)
     parser.add_argument("-o", "--output", type=Path, default=None)
+    parser.add_argument("--plot", type=Path, default=None, help="PNG of the monitor AUC against the step, one line per run")
+    parser.add_argument("--line", nargs="*", default=[], metavar="LABEL=AUC", help="horizontal lines on the plot")
     args = parser.parse_args()
     rows = [row for run in args.runs for row in rows_of(run, args.steps)]
     header = "| run | step | monitor AUC | score | shape SP | n_cells SP | width_y SP | precision | recall | density | coverage | wall s |\n" + "|---" * 12 + "|"
@@ -58,6 +61,11 @@ def main() -> None:
     print("\n".join(lines))
     if args.output:
         args.output.write_text(json.dumps(rows, indent=2) + "\n")
+    if args.plot:
+        from study import draw_curves  # this directory is on sys.path when the script runs
+
+        curves = {run.name: [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in line] for run in args.runs}
+        draw_curves({name: [r for r in rows if r["kind"] == "eval"] for name, rows in curves.items()}, args.plot, {k: float(v) for k, v in (x.rsplit("=", 1) for x in args.line)})
 
 
 if __name__ == "__main__":
