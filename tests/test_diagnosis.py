@@ -90,6 +90,22 @@ def test_fluctuation_maps(same: Diagnosis, deficit: Diagnosis) -> None:
     # the blend changes the size of the fluctuations, hardly their correlations
     assert abs(f.central_correlation[0] - f.central_correlation[1]) < 0.03
     assert "too small by" in deficit.reading() and "agree" in same.reading()
+    assert f"({g.outside_x_std_ratio:.2f} along x, the eta direction; {g.outside_y_std_ratio:.2f} along y)" in deficit.reading()
+
+
+def test_the_halo_is_measured_along_x_and_y_apart(halves: tuple[ShowerData, ShowerData]) -> None:
+    """Fluctuations 40 % too large only above and below the axis (along y, outside the central
+    7x7) are found there, not along x; MC against MC agrees in both directions."""
+    offset = np.abs(np.arange(24) - 12)
+    along_y = (offset[None, :] > offset[:, None]) & (offset[None, :] > 3)
+    images = halves[1].images.astype(np.float64)
+    mean = images.mean(axis=0)
+    images[:, along_y] = mean[along_y] + 1.4 * (images[:, along_y] - mean[along_y])
+    wide = fluctuations(halves[0], dataclasses.replace(halves[1], images=images.astype(np.float32)))
+    same = fluctuations(*halves)
+    assert abs(same.outside_x_std_ratio - 1) < 0.05 and abs(same.outside_y_std_ratio - 1) < 0.05
+    assert abs(wide.outside_y_std_ratio - 1.4) < 0.07 and abs(wide.outside_x_std_ratio - 1) < 0.05
+    assert same.outside_x_std_ratio == wide.outside_x_std_ratio  # the cells along x are untouched
 
 
 def test_the_report_section(halves: tuple[ShowerData, ShowerData], deficit: Diagnosis, tmp_path: Path) -> None:

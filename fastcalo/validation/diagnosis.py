@@ -297,6 +297,11 @@ class Fluctuations:
     #: unmasked cells outside the central 7x7.
     core_std_ratio: float
     outside_std_ratio: float
+    #: the same median outside the central 7x7 in the two directions apart: the cells farther from
+    #: the impact cell along x (the eta direction, in which showers elongate) than along y, and
+    #: those farther along y (phi) than along x; the diagonals are in neither.
+    outside_x_std_ratio: float
+    outside_y_std_ratio: float
     #: the mean neighbour correlation (x and y together) over the central 7x7, reference and generated.
     central_correlation: tuple[float, float]
 
@@ -332,8 +337,11 @@ def fluctuations(
     corr_x = tuple(_neighbour_correlation(a, 1, keep) for a in x)
     corr_y = tuple(_neighbour_correlation(a, 2, keep) for a in x)
     core, central = _window(detector, 1), _window(detector, 3)
-    core_values = ratio[core & np.isfinite(ratio)]
-    outside_values = ratio[~central & np.isfinite(ratio)]
+    offset = np.abs(np.arange(detector.n_cells) - detector.n_cells // 2)
+    along_x, along_y = offset[:, None] > offset[None, :], offset[None, :] > offset[:, None]
+    core_values, outside_values, x_values, y_values = (
+        ratio[region & np.isfinite(ratio)] for region in (core, ~central, ~central & along_x, ~central & along_y)
+    )
     central_corr = []
     for cx, cy in zip(corr_x, corr_y):
         values = np.concatenate([cx[central], cy[central]])
@@ -344,10 +352,16 @@ def fluctuations(
         correlation_x=(corr_x[0], corr_x[1]),
         correlation_y=(corr_y[0], corr_y[1]),
         min_fraction=min_fraction,
-        core_std_ratio=float(np.median(core_values)) if core_values.size else float("nan"),
-        outside_std_ratio=float(np.median(outside_values)) if outside_values.size else float("nan"),
+        core_std_ratio=_median(core_values),
+        outside_std_ratio=_median(outside_values),
+        outside_x_std_ratio=_median(x_values),
+        outside_y_std_ratio=_median(y_values),
         central_correlation=(central_corr[0], central_corr[1]),
     )
+
+
+def _median(values: Matrix) -> float:
+    return float(np.median(values)) if values.size else float("nan")
 
 
 def _neighbour_correlation(x: Matrix, axis: int, keep: NDArray[np.bool_]) -> Matrix:
@@ -417,7 +431,8 @@ class Diagnosis:
         if f is not None:
             parts.append(
                 f"cell fluctuations {_deviation(f.core_std_ratio)} in the core and {_deviation(f.outside_std_ratio)} "
-                "outside the central 7x7 cells"
+                f"outside the central 7x7 cells ({f.outside_x_std_ratio:.2f} along x, the eta direction; "
+                f"{f.outside_y_std_ratio:.2f} along y)"
             )
         return "; ".join(parts) + "."
 
@@ -435,6 +450,8 @@ class Diagnosis:
                 "min_fraction": f.min_fraction,
                 "core_std_ratio": f.core_std_ratio,
                 "outside_std_ratio": f.outside_std_ratio,
+                "outside_x_std_ratio": f.outside_x_std_ratio,
+                "outside_y_std_ratio": f.outside_y_std_ratio,
                 "central_correlation": {"reference": f.central_correlation[0], "generated": f.central_correlation[1]},
             }
         return {
