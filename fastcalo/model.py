@@ -132,6 +132,12 @@ class ModelConfig:
             the central cell (the cell itself, the rest of the 3x3, the rest of the 7x7, the
             outside), four inputs more for every shower of the group: the critic sees the spread
             of the cells, not only each shower alone. Batches must be multiples of the group size.
+        critic_minibatch_regions: the regions the minibatch standard deviation is averaged over.
+            ``"rings"``: the four above; ``"sectors"``: six, the rest of the 7x7 and the outside
+            each split in two, the cells farther from the central one along x (the eta
+            direction) and those farther along y (phi), the diagonals shared half and half: a
+            halo that fluctuates too much in one direction only is then one input, not diluted
+            in the average of the ring.
         energy: how the total (deposited fraction r) is learned. ``"model"``: a dedicated energy
             model (:class:`EnergyModel`, conditional quantiles, pinball loss) trained before the
             GAN. ``"loss"``: an :class:`EnergyGenerator` trained with the generator, by the
@@ -163,6 +169,7 @@ class ModelConfig:
     photostatistics: bool = False
     generator_noise: str = "none"
     critic_minibatch_std: int = 0
+    critic_minibatch_regions: str = "rings"
     energy: str = "model"
     critic_features: bool = False
     critic_profiles: bool = False
@@ -183,6 +190,9 @@ class ModelConfig:
             raise ValueError(msg)
         if not isinstance(self.critic_minibatch_std, int) or isinstance(self.critic_minibatch_std, bool) or not (self.critic_minibatch_std == 0 or self.critic_minibatch_std >= 2):
             msg = f"ModelConfig.critic_minibatch_std must be 0 (off) or a group size >= 2, got {self.critic_minibatch_std!r}"
+            raise ValueError(msg)
+        if self.critic_minibatch_regions not in ("rings", "sectors"):
+            msg = f"ModelConfig.critic_minibatch_regions must be 'rings' or 'sectors', got {self.critic_minibatch_regions!r}"
             raise ValueError(msg)
         if self.energy not in ("model", "loss"):
             msg = f"ModelConfig.energy must be 'model' or 'loss', got {self.energy!r}"
@@ -572,10 +582,8 @@ class Critic(nn.Module):
 
     #: number of shower features added to the critic's inputs with ``config.critic_features``
     N_FEATURES = 5
-    #: number of regions of the minibatch standard deviation (``config.critic_minibatch_std``)
-    N_REGIONS = 4
     coords: torch.Tensor  # (n_cells,) cell centres in cell units (a buffer, with critic_features)
-    regions: torch.Tensor  # (N_REGIONS, n_cells^2) averaging weights (a buffer, with critic_minibatch_std)
+    regions: torch.Tensor  # (n_regions, n_cells^2) averaging weights (a buffer, with critic_minibatch_std)
     rings: torch.Tensor  # (n_rings, n_cells^2) 0/1 membership of the rings (a buffer, with critic_profiles)
 
     def __init__(self, config: ModelConfig, n_conditions: int, n_cells: int, preprocessing: Preprocessing | None = None) -> None:
@@ -599,10 +607,17 @@ class Critic(nn.Module):
             self.register_buffer("rings", rings, persistent=False)
         self.group = config.critic_minibatch_std
         if self.group:
-            n_extra += self.N_REGIONS
             # regions of the Chebyshev distance: 0 | 1 | 2-3 | >= 4
             region = torch.bucketize(distance, torch.tensor([0, 1, 3]), right=False)
-            weights = torch.nn.functional.one_hot(region, self.N_REGIONS).T.float()
+            weights = torch.nn.functional.one_hot(region, 4).T.float()
+            if config.critic_minibatch_regions == "sectors":
+                # 2-3 and >= 4 each split by direction: 1 where |dx| > |dy|, 1/2 on the diagonals
+                dx, dy = index.abs()[:, None].expand(n_cells, n_cells).reshape(-1), index.abs()[None, :].expand(n_cells, n_cells).reshape(-1)
+                along_x = (dx > dy).float() + 0.5 * (dx == dy).float()
+                weights = torch.cat([weights[:2], weights[2:] * along_x, weights[2:] * (1 - along_x)])
+            #: number of regions of the minibatch standard deviation (``config.critic_minibatch_regions``)
+            self.n_regions = len(weights)
+            n_extra += self.n_regions
             self.register_buffer("regions", weights / weights.sum(dim=1, keepdim=True), persistent=False)
         slope = config.negative_slope
         if config.kind == "mlp":
@@ -663,9 +678,10 @@ class Critic(nn.Module):
         return torch.cat([(px + 1e-4).sqrt(), (py + 1e-4).sqrt(), logs, hit_fraction], dim=1)
 
     def minibatch_std(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 4): within consecutive groups of ``config.critic_minibatch_std`` rows of ``x``
-        (network units), the standard deviation of every cell averaged over the four regions
-        (:attr:`N_REGIONS`), the same for every row of a group (arXiv:1710.10196, section 3)."""
+        """(N, :attr:`n_regions`): within consecutive groups of ``config.critic_minibatch_std``
+        rows of ``x`` (network units), the standard deviation of every cell averaged over each
+        region (``config.critic_minibatch_regions``), the same for every row of a group
+        (arXiv:1710.10196, section 3)."""
         n = x.shape[0]
         if n % self.group:
             msg = f"the critic's minibatch standard deviation needs batches of a multiple of {self.group} showers, got {n}"

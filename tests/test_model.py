@@ -27,6 +27,10 @@ CONFIGS = {
         latent_dim=8, generator_hidden=(32,), critic_hidden=(32,), energy_hidden=(16,), n_quantiles=20,
         cell_noise=True, photostatistics=True, generator_noise="hidden", critic_minibatch_std=5,
     ),  # fmt: skip
+    "mlp-sectors": ModelConfig(
+        latent_dim=8, generator_hidden=(32,), critic_hidden=(32,), energy_hidden=(16,), n_quantiles=20,
+        generator_noise="cells", critic_minibatch_std=5, critic_minibatch_regions="sectors",
+    ),  # fmt: skip
     "mlp-cell-sigma": ModelConfig(
         latent_dim=8, generator_hidden=(32,), critic_hidden=(32,), energy_hidden=(16,), n_quantiles=20, generator_noise="cells"
     ),
@@ -457,3 +461,32 @@ def test_response_layer_reproduces_the_mc_response(mc_deposits: tuple[np.ndarray
         else:  # electronic noise alone: too narrow wherever the Poisson term matters
             noise_only = model.detector.response.noise**2 / float(np.mean(expected))
             assert our_var == pytest.approx(noise_only, abs=6 * math.sqrt(2 / n) + 0.05 * noise_only)
+
+
+def test_the_minibatch_std_by_sectors_sees_a_halo_that_spreads_along_y_only() -> None:
+    """Cells 6-11 above the impact cell (along y) that differ between showers: the sectors' region
+    "outside, along y" holds their spread whole, "outside, along x" none of it; the rings dilute
+    it over the whole outside ring."""
+    from fastcalo.model import Critic
+
+    config = dict(critic_hidden=(8,), critic_minibatch_std=4)
+    rings, sectors = (Critic(ModelConfig(**config, critic_minibatch_regions=r), 3, 24) for r in ("rings", "sectors"))  # type: ignore[arg-type]
+    assert (rings.n_regions, sectors.n_regions) == (4, 6)
+    assert torch.allclose(sectors.regions.sum(dim=1), torch.ones(6))  # averages
+    # the x and y halves of each split ring cover it, and share only its diagonals
+    offset = torch.arange(24) - 12
+    diagonal = (offset.abs()[:, None] == offset.abs()[None, :]).reshape(-1)
+    inside = sectors.regions > 0
+    for ring, (x_half, y_half) in ((2, (2, 4)), (3, (3, 5))):
+        assert torch.equal(inside[x_half] | inside[y_half], rings.regions[ring] > 0)
+        assert torch.equal(inside[x_half] & inside[y_half], diagonal & (rings.regions[ring] > 0))
+    images = torch.zeros(8, 24, 24)
+    images[:, 12, 18:] = torch.rand((8, 6), generator=torch.Generator().manual_seed(0))
+    x = images.reshape(8, -1)
+    by_ring, by_sector = rings.minibatch_std(x), sectors.minibatch_std(x)
+    assert by_sector.shape == (8, 6) and torch.equal(by_sector[0], by_sector[3])  # one value per group of 4
+    assert torch.allclose(by_sector[:, :4], torch.full((8, 4), 1e-4)) and by_sector[:, 5].min() > 0.004  # 0.0052
+    # the outside ring's average is about twice as dilute (527 cells against the y half's 264)
+    assert torch.allclose(by_sector[:, 5] - 1e-4, 2 * (by_ring[:, 3] - 1e-4), rtol=0.02)
+    with pytest.raises(ValueError, match="critic_minibatch_regions must be 'rings' or 'sectors', got 'ring'"):
+        ModelConfig(critic_minibatch_regions="ring")
