@@ -12,8 +12,9 @@ the central 7x7 cells (mean and standard deviation: the halo's shower-to-shower 
 its number of cells above threshold. With ``--classifier``, also the validation report's
 fixed-condition diagnosis of each model (``scripts/study.py``'s ``fixed_condition``: the
 gradient-boosted classifier's AUC, the response and core-resolution ratios, the median cell
-standard-deviation ratios in the core and outside the central 7x7), on the same showers (same
-seed). Prints markdown tables and writes the numbers as JSON.
+standard-deviation ratios in the core and outside the central 7x7, and outside along x and
+along y apart), on the same showers (same seed). Prints markdown tables and writes the numbers
+as JSON.
 """
 
 from __future__ import annotations
@@ -87,11 +88,11 @@ def main() -> int:
         rows = [results[lab]["rings"][ring] for lab in labels]
         print(f"| {ring} | " + " | ".join(f"{r['hit_fraction']:.4f}" for r in rows) + " | " + " | ".join(f"{r['std_mev']:.1f}" for r in rows) + " | " + " | ".join(f"{r['q999_mev']:.0f}" for r in rows) + " |")
     if args.classifier:
-        print("| model | fixed-condition AUC | cell std ratio core / outside 7x7 | response ratio | core-resolution ratio |")
+        print("| model | fixed-condition AUC | cell std ratio core / outside 7x7 (along x / along y) | response ratio | core-resolution ratio |")
         print("|---|---|---|---|---|")
         for lab in labels[1:]:
             d = results[lab]["diagnosis"]
-            print(f"| {lab} | {d['fixed_auc']:.4f} | {d['core_std_ratio']:.2f} / {d['outside_std_ratio']:.2f} | {d['response_ratio']:.4f} | {d['core_ratio']:.3f} |")
+            print(f"| {lab} | {d['fixed_auc']:.4f} | {d['core_std_ratio']:.2f} / {d['outside_std_ratio']:.2f} ({d['outside_x_std_ratio']:.2f} / {d['outside_y_std_ratio']:.2f}) | {d['response_ratio']:.4f} | {d['core_ratio']:.3f} |")
     for lab in labels:
         r = results[lab]
         print(f"{lab}: outside the central 7x7 {r['halo_mev_mean']:.0f} ± {r['halo_mev_std']:.0f} MeV (mean ± sd), {r['halo_hits_mean']:.1f} ± {r['halo_hits_std']:.1f} cells above threshold")

@@ -88,6 +88,7 @@ def fixed_condition(model_dir: Path, reference: Path, seed: int) -> dict[str, An
         "energy": energy, "eta": eta, "pdgid": pdgid, "n": len(mc), "fixed_auc": point.auc,
         "response_ratio": point.response_ratio, "core_ratio": point.resolution_ratio,
         "core_std_ratio": None if f is None else f.core_std_ratio, "outside_std_ratio": None if f is None else f.outside_std_ratio,
+        "outside_x_std_ratio": None if f is None else f.outside_x_std_ratio, "outside_y_std_ratio": None if f is None else f.outside_y_std_ratio,
     }  # fmt: skip
 
 
