@@ -61,7 +61,10 @@ def fluctuation_maps() -> Fluctuations:
     reference = np.where(inside, 0.8 * np.exp(-r / 4) - 0.1, np.nan)
     generated = np.where(inside, reference - 0.05 * np.cos(x), np.nan)
     corr = (reference, generated)
-    return Fluctuations(ratio, corr, (reference.T.copy(), generated.T.copy()), 1e-3, 1.08, 0.91, (0.56, 0.52))
+    return Fluctuations(
+        std_ratio=ratio, correlation_x=corr, correlation_y=(reference.T.copy(), generated.T.copy()), min_fraction=1e-3,
+        core_std_ratio=1.08, outside_std_ratio=0.91, outside_x_std_ratio=0.93, outside_y_std_ratio=0.89, central_correlation=(0.56, 0.52),
+    )  # fmt: skip
 
 
 FIGURES = {
