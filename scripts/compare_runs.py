@@ -62,10 +62,10 @@ def main() -> None:
     if args.output:
         args.output.write_text(json.dumps(rows, indent=2) + "\n")
     if args.plot:
-        from study import draw_curves  # this directory is on sys.path when the script runs
+        from study import draw_curves, records  # this directory is on sys.path when the script runs
 
-        curves = {run.name: [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in line] for run in args.runs}
-        draw_curves({name: [r for r in rows if r["kind"] == "eval"] for name, rows in curves.items()}, args.plot, {k: float(v) for k, v in (x.rsplit("=", 1) for x in args.line)})
+        marks = {k: float(v) for k, v in (x.rsplit("=", 1) for x in args.line)}
+        draw_curves({run.name: records(run) for run in args.runs}, args.plot, marks)
 
 
 if __name__ == "__main__":
