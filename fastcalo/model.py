@@ -154,6 +154,14 @@ class ModelConfig:
             of the total and the fraction of its cells above threshold. In network units a
             halo cell just above threshold differs little from an empty one, and a ring's
             energy is a sum of linear energies the MLP sees as logarithms; both become inputs.
+        critic_conv: channels of a small convolutional branch of the MLP critic, 0 for none:
+            two 3x3 convolutions of stride 2 over the image in network units, whose
+            ``critic_conv`` x 6 x 6 local features (each seeing 7 x 7 cells) enter the critic
+            beside the cells. A filter sees a cell with its neighbours, the same everywhere on
+            the image: an isolated hit, the texture of the halo and the correlation of
+            neighbouring cells are one feature each, where the MLP's first layer would have to
+            learn them at every position apart. With 8 channels a critic step costs about
+            1.4 times the plain critic's on the CPU.
         negative_slope: of the LeakyReLU activations.
     """
 
@@ -173,6 +181,7 @@ class ModelConfig:
     energy: str = "model"
     critic_features: bool = False
     critic_profiles: bool = False
+    critic_conv: int = 0
     negative_slope: float = 0.2
 
     def __post_init__(self) -> None:
@@ -196,6 +205,12 @@ class ModelConfig:
             raise ValueError(msg)
         if self.energy not in ("model", "loss"):
             msg = f"ModelConfig.energy must be 'model' or 'loss', got {self.energy!r}"
+            raise ValueError(msg)
+        if not isinstance(self.critic_conv, int) or isinstance(self.critic_conv, bool) or self.critic_conv < 0:
+            msg = f"ModelConfig.critic_conv must be 0 (off) or a number of channels >= 1, got {self.critic_conv!r}"
+            raise ValueError(msg)
+        if self.critic_conv and self.kind != "mlp":
+            msg = f"ModelConfig.critic_conv needs the MLP critic (kind='mlp'; the conv critic is convolutional already), got kind={self.kind!r}"
             raise ValueError(msg)
         for name, low in (("latent_dim", 1), ("conv_channels", 2), ("n_quantiles", 3)):
             value = getattr(self, name)
@@ -620,6 +635,19 @@ class Critic(nn.Module):
             n_extra += self.n_regions
             self.register_buffer("regions", weights / weights.sum(dim=1, keepdim=True), persistent=False)
         slope = config.negative_slope
+        #: the local convolutional branch (``config.critic_conv``), or None
+        self.local: nn.Module | None = None
+        if config.critic_conv:
+            ch = config.critic_conv
+            self.local = nn.Sequential(
+                nn.Unflatten(1, (1, n_cells, n_cells)),
+                nn.Conv2d(1, ch, 3, stride=2, padding=1),
+                nn.LeakyReLU(slope),
+                nn.Conv2d(ch, ch, 3, stride=2, padding=1),
+                nn.LeakyReLU(slope),
+                nn.Flatten(),
+            )
+            n_extra += ch * ((n_cells + 3) // 4) ** 2
         if config.kind == "mlp":
             self.body: nn.Module = nn.Identity()
             n_features = n_cells * n_cells
@@ -696,6 +724,8 @@ class Critic(nn.Module):
             extra.append(self.profiles(x))
         if self.group:
             extra.append(self.minibatch_std(x))
+        if self.local is not None:
+            extra.append(self.local(x))
         score: torch.Tensor = self.head(torch.cat([self.body(x), *extra], dim=1))
         return score[:, 0]
 

@@ -31,6 +31,10 @@ CONFIGS = {
         latent_dim=8, generator_hidden=(32,), critic_hidden=(32,), energy_hidden=(16,), n_quantiles=20,
         generator_noise="cells", critic_minibatch_std=5, critic_minibatch_regions="sectors",
     ),  # fmt: skip
+    "mlp-critic-conv": ModelConfig(
+        latent_dim=8, generator_hidden=(32,), critic_hidden=(32,), energy_hidden=(16,), n_quantiles=20,
+        generator_noise="cells", critic_minibatch_std=5, critic_conv=3,
+    ),  # fmt: skip
     "mlp-cell-sigma": ModelConfig(
         latent_dim=8, generator_hidden=(32,), critic_hidden=(32,), energy_hidden=(16,), n_quantiles=20, generator_noise="cells"
     ),
@@ -490,3 +494,39 @@ def test_the_minibatch_std_by_sectors_sees_a_halo_that_spreads_along_y_only() ->
     assert torch.allclose(by_sector[:, 5] - 1e-4, 2 * (by_ring[:, 3] - 1e-4), rtol=0.02)
     with pytest.raises(ValueError, match="critic_minibatch_regions must be 'rings' or 'sectors', got 'ring'"):
         ModelConfig(critic_minibatch_regions="ring")
+
+
+def test_the_critics_convolutional_branch_is_local_and_saved(tmp_path) -> None:
+    """critic_conv: 3 x 6 x 6 features more for the critic's head; a change in one cell moves only
+    the features whose 7 x 7 window holds it, every score is the same after save and load, and
+    the gradient penalty's double backward runs through the branch."""
+    from fastcalo.train import gradient_penalty
+
+    model = ShowerModel(CONFIGS["mlp-critic-conv"])
+    critic = model.critic
+    assert critic.local is not None
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand((10, 576), generator=g) * (torch.rand((10, 576), generator=g) < 0.3)
+    features = critic.local(x)
+    assert features.shape == (10, 3 * 6 * 6)
+    moved = x.clone()
+    moved[:, 12 * 24 + 20] += 0.5  # the cell at x = 12, y = 20
+    changed = (critic.local(moved) != features).any(dim=0).reshape(3, 6, 6).any(dim=0)
+    # an output at (i, j) sees cells 4i - 3 .. 4i + 3 along each axis
+    expected = torch.zeros((6, 6), dtype=torch.bool)
+    for i in range(6):
+        for j in range(6):
+            expected[i, j] = abs(12 - 4 * i) <= 3 and abs(20 - 4 * j) <= 3
+    assert torch.equal(changed, expected) and 1 <= int(expected.sum()) <= 4
+    c, r = torch.rand((10, model.conditions.width), generator=g), torch.rand(10, generator=g)
+    again = load(save(model, tmp_path / "m"))
+    torch.testing.assert_close(again.critic(x, c, r), critic(x, c, r), rtol=0, atol=0)
+    fake = torch.rand((10, 576), generator=g)
+    penalty = gradient_penalty(critic, x, fake, c, r, generator=g)
+    penalty.backward()
+    assert critic.local[1].weight.grad is not None and float(critic.local[1].weight.grad.abs().sum()) > 0
+    for bad in (-1, True, 2.0):
+        with pytest.raises(ValueError, match="critic_conv must be 0 .off. or a number of channels >= 1"):
+            ModelConfig(critic_conv=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="critic_conv needs the MLP critic"):
+        ModelConfig(kind="conv", critic_conv=4)
