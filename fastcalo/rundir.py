@@ -36,6 +36,9 @@ __all__ = ("Progress", "RunDirectory")
 
 log = logging.getLogger("fastcalo.train")
 
+# the key of the checkpoint's progress (JSON) in the metadata of checkpoint.safetensors
+_PROGRESS_KEY = "fastcalo.progress"
+
 
 @dataclasses.dataclass
 class Progress:
@@ -167,7 +170,7 @@ class RunDirectory:
         from safetensors.torch import load_file
 
         tensors = load_file(str(self.path / "checkpoint.safetensors"))
-        meta = json.loads((self.path / "checkpoint.json").read_text())
+        meta = self._checkpoint_progress()
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         for prefix, opt in optimizers.items():
             _restore_optimizer(prefix, opt, {k[4:]: v for k, v in tensors.items() if k.startswith("opt.")}, meta["param_groups"][prefix])
@@ -217,14 +220,22 @@ class RunDirectory:
             tensors.update({f"opt.{k}": v for k, v in extra.items()})
         for rank, state in enumerate(rng_states):
             tensors[f"rng.{rank}"] = state.cpu()
-        tmp = self.path / ".checkpoint.tmp.safetensors"
-        save_file(tensors, str(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o666 & ~umask)  # safetensors writes it private; the run's other files follow the umask
-        (self.path / ".checkpoint.tmp.json").write_text(json.dumps(dict(dataclasses.asdict(progress), param_groups=groups)))
-        os.replace(tmp, self.path / "checkpoint.safetensors")
-        os.replace(self.path / ".checkpoint.tmp.json", self.path / "checkpoint.json")
+        state = json.dumps(dict(dataclasses.asdict(progress), param_groups=groups))
+        tmp, tmp_json = self.path / ".checkpoint.tmp.safetensors", self.path / ".checkpoint.tmp.json"
+        try:
+            # the progress also inside the weights' file: one rename makes the checkpoint whole
+            # (checkpoint.json, a copy to read, may lag by one checkpoint if the process is killed)
+            save_file(tensors, str(tmp), metadata={_PROGRESS_KEY: state})
+            umask = os.umask(0)
+            os.umask(umask)
+            tmp.chmod(0o666 & ~umask)  # safetensors writes it private; the run's other files follow the umask
+            tmp_json.write_text(state)
+            os.replace(tmp, self.path / "checkpoint.safetensors")
+            os.replace(tmp_json, self.path / "checkpoint.json")
+        except BaseException:  # an error, Ctrl-C or SIGTERM (fastcalo train): no temporary file stays
+            tmp.unlink(missing_ok=True)
+            tmp_json.unlink(missing_ok=True)
+            raise
 
     def save_model(self, model: ShowerModel, name: str, **training: object) -> Path:
         """Save ``model`` as ``<name>/`` (``best``, ``final``), replacing it; its metadata's
@@ -255,8 +266,22 @@ class RunDirectory:
             (self.path / "processes.json").write_text(text + "\n")
 
     def _checkpoint_step(self) -> int:
-        checkpoint = self.path / "checkpoint.json"
-        return int(json.loads(checkpoint.read_text())["step"]) if checkpoint.is_file() else 0
+        has = (self.path / "checkpoint.safetensors").is_file() or (self.path / "checkpoint.json").is_file()
+        return int(self._checkpoint_progress()["step"]) if has else 0
+
+    def _checkpoint_progress(self) -> dict[str, Any]:
+        """The checkpoint's progress and optimizer settings: from the weights' own file (written
+        with them in one rename), or, for runs made before it held them, ``checkpoint.json``."""
+        from safetensors import safe_open
+
+        stored = None
+        weights = self.path / "checkpoint.safetensors"
+        if weights.is_file():
+            with safe_open(str(weights), framework="pt") as f:
+                stored = (f.metadata() or {}).get(_PROGRESS_KEY)
+        text = stored if stored is not None else (self.path / "checkpoint.json").read_text()
+        progress: dict[str, Any] = json.loads(text)
+        return progress
 
 
 def _with_defaults(stored: dict[str, Any]) -> dict[str, Any]:

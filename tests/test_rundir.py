@@ -176,3 +176,31 @@ def test_the_kept_model_is_an_averaged_one_once_averaging_is_on() -> None:
     assert state.keep(0.95, 20, averaging=True, averaged=True) is False
     extended = Progress(best_score=0.1, best_step=20)  # a raw best, then averaging added
     assert extended.keep(0.4, 30, averaging=True, averaged=True) is True and extended.best_averaged
+
+
+def test_the_checkpoint_is_whole_after_a_stop_between_its_two_files(tmp_path: Path) -> None:
+    """The progress is stored inside checkpoint.safetensors, so a run killed after the weights'
+    rename but before checkpoint.json's resumes at the weights' step, not the older copy's; a
+    write that fails leaves no temporary file."""
+    run = written(tmp_path)
+    model, optimizers, rng, average = parts()
+    run.save_checkpoint(model, optimizers, [rng.get_state()], Progress(step=10), average)
+    old_copy = (tmp_path / "checkpoint.json").read_text()
+    run.save_checkpoint(model, optimizers, [rng.get_state()], Progress(step=20, best_step=20), average)
+    (tmp_path / "checkpoint.json").write_text(old_copy)  # as if killed between the two renames
+    assert run.resume(*parts()) == Progress(step=20, best_step=20)
+    assert run._checkpoint_step() == 20
+    import resource
+    import signal
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, hard))  # as a full disk, for this write only
+    try:
+        with pytest.raises(Exception, match=r"File too large \(os error 27\)"):  # noqa: PT011: safetensors' own error type
+            run.save_checkpoint(model, optimizers, [rng.get_state()], Progress(step=30), average)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    assert run._checkpoint_step() == 20  # the last whole checkpoint stays
