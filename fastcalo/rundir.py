@@ -220,16 +220,16 @@ class RunDirectory:
             tensors.update({f"opt.{k}": v for k, v in extra.items()})
         for rank, state in enumerate(rng_states):
             tensors[f"rng.{rank}"] = state.cpu()
-        state = json.dumps(dict(dataclasses.asdict(progress), param_groups=groups))
+        record = json.dumps(dict(dataclasses.asdict(progress), param_groups=groups))
         tmp, tmp_json = self.path / ".checkpoint.tmp.safetensors", self.path / ".checkpoint.tmp.json"
         try:
             # the progress also inside the weights' file: one rename makes the checkpoint whole
             # (checkpoint.json, a copy to read, may lag by one checkpoint if the process is killed)
-            save_file(tensors, str(tmp), metadata={_PROGRESS_KEY: state})
+            save_file(tensors, str(tmp), metadata={_PROGRESS_KEY: record})
             umask = os.umask(0)
             os.umask(umask)
             tmp.chmod(0o666 & ~umask)  # safetensors writes it private; the run's other files follow the umask
-            tmp_json.write_text(state)
+            tmp_json.write_text(record)
             os.replace(tmp, self.path / "checkpoint.safetensors")
             os.replace(tmp_json, self.path / "checkpoint.json")
         except BaseException:  # an error, Ctrl-C or SIGTERM (fastcalo train): no temporary file stays
