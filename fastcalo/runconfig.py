@@ -164,7 +164,9 @@ class TrainConfig:
             ``lr_decay_steps`` steps (:func:`fastcalo.train.gan_lr_factor`, a pure function of
             the step, not of ``steps``). Annealing damps the generator's oscillation around the
             critic at the end of a run, with both networks still training on each other (unlike
-            ``ema_decay``, whose average the critic never sees).
+            ``ema_decay``, whose average the critic never sees). From ``lr_decay_start`` on,
+            every evaluation becomes ``best/`` (:meth:`fastcalo.rundir.Progress.keep`): the
+            annealed end is the model, not the step the flat score happens to prefer.
         eval_every: generator steps between evaluations on the monitor set (and checkpoints).
         seed: seeds parameters, batches and noise.
         threads: torch CPU threads (0: all cores).

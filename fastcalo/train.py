@@ -382,7 +382,9 @@ def _evaluate(step: int, model: ShowerModel, monitor: Monitor, average: WeightAv
     metrics = monitor.evaluate(generated)
     run.log({"step": step, "kind": "eval", **metrics, "seconds": time.perf_counter() - started})
     state.last_score = metrics["score"]
-    if state.keep(metrics["score"], step, averaging=average.decay > 0, averaged=average.started):
+    tc = run.config.train
+    annealing = tc.lr_decay_steps > 0 and step > tc.lr_decay_start
+    if state.keep(metrics["score"], step, averaging=average.decay > 0, averaged=average.started, annealing=annealing):
         with average.averaged():
             run.save_model(model, "best", step=step, score=metrics["score"], averaged=average.started)
     run.plot_grid(monitor.data, generated, step)

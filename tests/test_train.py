@@ -305,6 +305,9 @@ def test_learning_rate_decay_anneals_resumes_and_extends_exactly(tmp_path: Path,
     for key in finals["straight"]:
         torch.testing.assert_close(finals["extended"][key], finals["straight"][key], rtol=0, atol=0, msg=key)
     assert not torch.equal(finals["constant"]["generator.net.0.weight"], finals["straight"]["generator.net.0.weight"])
+    for name in ("straight", "extended"):  # during the decay the latest evaluation is kept, whatever its score
+        kept = json.loads((tmp_path / name / "best" / "model.json").read_text())["training"]
+        assert kept["step"] == 40, name
     later = load_config(tiny_config(tmp_path, data_dir, steps=60, eval_every=20, lr_decay=(25, 10)))
     with pytest.raises(ValueError, match=r"different config \(train.lr_decay_start, train.steps\)"):
         train(later, tmp_path / "straight", progress=False)
