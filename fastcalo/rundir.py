@@ -281,16 +281,23 @@ class RunDirectory:
     def _checkpoint_progress(self) -> dict[str, Any]:
         """The checkpoint's progress and optimizer settings: from the weights' own file (written
         with them in one rename), or, for runs made before it held them, ``checkpoint.json``."""
-        from safetensors import safe_open
-
-        stored = None
         weights = self.path / "checkpoint.safetensors"
-        if weights.is_file():
-            with safe_open(str(weights), framework="pt") as f:
-                stored = (f.metadata() or {}).get(_PROGRESS_KEY)
-        text = stored if stored is not None else (self.path / "checkpoint.json").read_text()
-        progress: dict[str, Any] = json.loads(text)
+        stored = checkpoint_progress(weights) if weights.is_file() else None
+        if stored is not None:
+            return stored
+        progress: dict[str, Any] = json.loads((self.path / "checkpoint.json").read_text())
         return progress
+
+
+def checkpoint_progress(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The progress record (step, best score, optimizer settings) stored inside a checkpoint's
+    weights file (a run's ``checkpoint.safetensors`` or a copy of it), or None for checkpoints
+    written before it was stored there."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        stored = (f.metadata() or {}).get(_PROGRESS_KEY)
+    return None if stored is None else dict(json.loads(stored))
 
 
 def _with_defaults(stored: dict[str, Any]) -> dict[str, Any]:

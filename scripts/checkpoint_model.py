@@ -11,13 +11,12 @@ same for every step of a run); the weights (raw, not averaged) from the checkpoi
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from safetensors import safe_open
 from safetensors.torch import load_file
 
 from fastcalo.model import load, save
+from fastcalo.rundir import checkpoint_progress
 
 
 def main() -> int:
@@ -27,9 +26,8 @@ def main() -> int:
     parser.add_argument("-o", "--output", type=Path, required=True, help="the model directory to write")
     args = parser.parse_args()
     model = load(args.run / "best")
-    with safe_open(str(args.checkpoint), framework="pt") as f:
-        progress = json.loads((f.metadata() or {}).get("fastcalo.progress", "{}"))
-    if "step" not in progress:
+    progress = checkpoint_progress(args.checkpoint)
+    if progress is None:
         parser.error(f"{args.checkpoint} holds no progress record (written by an older fastcalo?)")
     tensors = load_file(str(args.checkpoint))
     model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
