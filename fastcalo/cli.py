@@ -126,7 +126,7 @@ def _train(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     run_dir = args.run_dir or Path("runs") / args.config.stem
     best = train(config, run_dir, resume=not args.fresh_only, progress=not args.no_progress)
-    log.info("kept model (lowest monitor score): %s", best)
+    log.info("kept model (lowest monitor score; the latest once the learning rates anneal): %s", best)
     if args.export is not None:
         config_text = args.config.read_bytes()  # read first: --export may be the config's own directory
         model = load(best)

@@ -6,9 +6,9 @@
     metrics.jsonl               one JSON record per line: "train" (losses), "eval" (monitor), "energy"
     losses.png, monitor.png     the history of the losses and of the monitor's metrics
     grids/step_*.png            MC and generated showers at every evaluation
-    checkpoint.safetensors      weights, Adam moments, random states, averaged weights
-    checkpoint.json             the run's :class:`Progress` and the optimizers' settings
-    best/, final/               models (fastcalo.model.save): the lowest monitor score, the last step
+    checkpoint.safetensors      weights, Adam moments, random states, averaged weights, the progress (metadata)
+    checkpoint.json             a copy of the progress to read: the run's :class:`Progress` and the optimizers' settings
+    best/, final/               models (fastcalo.model.save): the lowest monitor score (the latest evaluation once the learning rates anneal), the last step
     processes.json              with several processes: whether they ended with the same weights
 
 Only the lead process (process 0) writes; the others read (the config check, the checkpoint).
@@ -47,7 +47,7 @@ class Progress:
     Arguments:
         step: generator steps done.
         energy_done: whether the energy model's pre-training is done.
-        best_score, best_step: the lowest monitor score so far and its step (``best/``).
+        best_score, best_step: the kept evaluation's monitor score and step (``best/``: the lowest score, or the latest while the rates anneal).
         best_averaged: whether ``best_score`` is of averaged weights (weight averaging).
         last_score: the latest monitor score.
         seconds: wall time spent training, over all sessions of the run.

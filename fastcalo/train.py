@@ -421,7 +421,7 @@ def train(
     ``run_dir`` receives ``config.json``, ``metrics.jsonl`` (losses every 50 steps, the monitor's
     metrics at every evaluation), ``losses.png``, ``monitor.png``, ``grids/step_*.png`` (showers
     from fixed noise and conditions beside MC ones), ``checkpoint.*`` (resumable), ``best/`` (the
-    model with the lowest monitor score) and ``final/`` (:class:`fastcalo.rundir.RunDirectory`).
+    model with the lowest monitor score, the latest evaluation once the learning rates anneal) and ``final/`` (:class:`fastcalo.rundir.RunDirectory`).
 
     Data-parallel training: launched with ``torchrun --nproc_per_node N``, every process trains on
     its own batches (its own random stream), gradients are averaged over the processes after every
