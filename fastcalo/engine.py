@@ -565,7 +565,7 @@ class Engine:
 
         def one(piece: tuple[int, int]) -> None:
             lo, hi = piece
-            images[lo:hi], impact_x[lo:hi], impact_y[lo:hi] = self._batch(used[lo:hi], first_index + lo, stream)
+            impact_x[lo:hi], impact_y[lo:hi] = self._batch(used[lo:hi], first_index + lo, stream, images[lo:hi])
             sums[lo:hi] = images[lo:hi].reshape(hi - lo, -1).sum(axis=1)  # while the block is in cache
 
         with one_torch_thread() as threads:
@@ -591,7 +591,7 @@ class Engine:
             if stop < n and aligned > start:
                 stop = aligned
             try:
-                images[start:stop], impact_x[start:stop], impact_y[start:stop] = self._batch(used[start:stop], first_index + start, stream)
+                impact_x[start:stop], impact_y[start:stop] = self._batch(used[start:stop], first_index + start, stream, images[start:stop])
             except Exception as error:
                 if not is_out_of_memory(error) or self.batch_size == 1:
                     raise
@@ -623,8 +623,9 @@ class Engine:
         return draws
 
     @torch.inference_mode()
-    def _batch(self, particles: Particles, first: int, stream: Sequence[int]) -> tuple[npt.NDArray[np.float32], FloatArray, FloatArray]:
-        """Images (n, side, side) and impact points of particles ``first .. first + n - 1``."""
+    def _batch(self, particles: Particles, first: int, stream: Sequence[int], images: npt.NDArray[np.float32]) -> tuple[FloatArray, FloatArray]:
+        """The images of particles ``first .. first + n - 1``, written into ``images`` (n, side, side)
+        float32, C-contiguous (rows of the call's output: no copy per block), and their impact points."""
         n = len(particles)
         blocks = range(first // BLOCK, (first + n - 1) // BLOCK + 1)
         draws = self._draws(blocks, stream)
@@ -642,7 +643,6 @@ class Engine:
         c = c.to(self.device)
         e_inc = torch.as_tensor(particles.energy, dtype=torch.float32).to(self.device)
         side = self.model.detector.n_cells
-        images = np.empty((n, side, side), dtype=np.float32)
         dtype = self.dtype  # u stays float32, as the energy model does
         if self.device.type == "cpu":
             # each block as one network call, then the kernel writes its rows of images
@@ -663,4 +663,4 @@ class Engine:
                 noise = None if noise is None else _padded(noise, every, _MIN_ROWS)
             out = self.model.generate(c.to(dtype), e_inc.to(dtype), z.to(dtype), u, None if noise is None else noise.to(dtype))
             images[:] = out[every].float().reshape(-1, side, side).cpu().numpy()
-        return images, np.asarray(ix, dtype=np.float64), np.asarray(iy, dtype=np.float64)
+        return np.asarray(ix, dtype=np.float64), np.asarray(iy, dtype=np.float64)

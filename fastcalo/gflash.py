@@ -436,11 +436,13 @@ class GFlashEngine(Engine):
         self.batch_size = int(batch_size or 4096)
 
     def _batch(
-        self, particles: Particles, first: int, stream: Sequence[int]
-    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-        """Images (n, side, side) and impact points of particles ``first .. first + n - 1``."""
+        self, particles: Particles, first: int, stream: Sequence[int], images: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """The images of particles ``first .. first + n - 1``, written into ``images`` (n, side,
+        side), and their impact points."""
         result = self.peer.simulate(
             particles.energy, particles.eta, particles.pdgid, impact_x=particles.impact_x, impact_y=particles.impact_y,
             seed=self.seed, stream=stream, first_index=first,
         )  # fmt: skip
-        return result.showers.images, result.showers.impact_x, result.showers.impact_y
+        images[:] = result.showers.images
+        return result.showers.impact_x, result.showers.impact_y

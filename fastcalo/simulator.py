@@ -508,12 +508,24 @@ def _model_from_bytes(data: bytes) -> ShowerModel:
 def _pdgids(particle: str | int | npt.ArrayLike) -> npt.NDArray[np.int32]:
     """PDG ids of a name, an id or an array of them (:func:`fastcalo.detector.pdgid_of` on each
     distinct value, not on every element: a million showers have three particle types)."""
-    values = np.asarray(particle, dtype=object)
-    to_id = np.vectorize(pdgid_of, otypes=[np.int32])
-    ids: npt.NDArray[np.int32]
     try:
+        values = np.asarray(particle)
+    except ValueError:  # ragged: element by element below, which names the bad one
+        values = np.asarray(particle, dtype=object)
+    if values.dtype.kind in "biuf" or (values.dtype.kind in "US" and isinstance(particle, np.ndarray)):
+        # numbers, and numpy arrays of strings: numpy finds the distinct values without a Python
+        # call per element (a list mixing names and numbers is not one: numpy would make 11 "11")
         distinct, inverse = np.unique(values.reshape(-1), return_inverse=True)
-        ids = to_id(distinct)[inverse].reshape(values.shape)
-    except TypeError:  # names and numbers mixed: no order to sort them by
-        ids = to_id(values)
-    return ids
+        return np.vectorize(pdgid_of, otypes=[np.int32])(distinct)[inverse].reshape(values.shape)
+    values = np.asarray(particle, dtype=object)
+    flat = values.reshape(-1)
+    ids = np.empty(flat.shape, dtype=np.int32)
+    try:
+        distinct = set(flat.tolist())  # by hash: names and numbers may mix (they cannot be sorted)
+    except TypeError:  # an unhashable element: named by pdgid_of's error
+        distinct = set()
+        for value in flat.tolist():
+            pdgid_of(value)
+    for value in distinct:
+        ids[flat == value] = pdgid_of(value)
+    return ids.reshape(values.shape)
