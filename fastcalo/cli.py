@@ -454,6 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from .validation import Thresholds, compare
+    from .validation.observables import DISPLACED_MM
     from .validation.report import check_report_directory
 
     inputs = [p for p in (args.reference, args.generated, args.thresholds) if p is not None]
@@ -472,6 +473,9 @@ def _validate(args: argparse.Namespace) -> int:
     if checks:
         failed = [c.name for c in checks if not c.passed]
         log.info("%d of %d checks pass%s", len(checks) - len(failed), len(checks), f"; failed: {', '.join(failed)}" if failed else "")
+    if len(report.displaced) == 2:
+        (a, n_a), (b, n_b) = report.displaced
+        log.info("showers far off the impact point (centroid beyond %g mm along y): reference %d of %d, generated %d of %d", DISPLACED_MM, a, n_a, b, n_b)
     log.info("wrote the report to %s (open %s)", path, path / "index.html")
     return 0
 

@@ -92,6 +92,33 @@ def test_broadened_shower_is_flagged(samples) -> None:
         assert report.separation_power[name] > max(0.25, 3 * same[name])
 
 
+def test_showers_moved_off_their_impact_point_are_counted_and_drawn(tmp_path: Path, samples) -> None:
+    ref, other = samples
+    d = observables.displacement(ref)
+    # the reference MC's centroids follow the impact point along y: none is most of a cell away
+    assert np.median(d) < 1.5 and int((d > observables.DISPLACED_MM).sum()) == 0
+    # ten generated showers moved by one cell (10 mm) along y (the image's second axis)
+    images = other.images.copy()
+    images[:10] = np.roll(images[:10], 1, axis=2)
+    moved = dataclasses.replace(other, images=images)
+    moved_by = observables.displacement(moved)
+    assert np.all(moved_by[:10] > 7.0) and int((moved_by > observables.DISPLACED_MM).sum()) == 10
+    report = fast_compare(ref, moved, diagnosis=False)
+    assert report.displaced == [(0, 300), (10, 300)]
+    assert report.displacement[1][hist_bin(report.displacement[1], 10.0)].value >= 1
+    metrics = report.metrics()["displaced"]
+    assert metrics["radius_mm"] == observables.DISPLACED_MM
+    assert metrics["generated"] == {"count": 10, "n": 300, "per_10000": pytest.approx(1e4 * 10 / 300)}
+    out = report.write(tmp_path / "report")
+    assert (out / "displacement.png").stat().st_size > 1000
+    page = (out / "index.html").read_text()
+    assert "Showers far off the impact point" in page and "<td>10</td><td>300</td>" in page
+
+
+def hist_bin(h, value: float) -> int:
+    return int(h.axes[0].index(value))
+
+
 def test_report_files_and_cli(tmp_path: Path, samples, capsys: pytest.CaptureFixture[str]) -> None:
     ref, other = samples
     ds.write(ref, tmp_path / "ref.h5")
