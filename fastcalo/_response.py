@@ -78,6 +78,8 @@ class ResponseKernel:
             (``ModelConfig.generator_noise = "cells"``): :func:`generate` then takes the logits'
             location and scale (exp of the network's log scale, :meth:`fastcalo.model.ShowerModel.outputs`) and
             draws their standard normals.
+        noise_max: the bound of the stochastic layer's noise term sigma g
+            (``ModelConfig.generator_noise_max``; inf: unbounded).
     """
 
     threshold: float
@@ -86,6 +88,7 @@ class ResponseKernel:
     cell_noise: bool
     dim_fraction: float = 0.1
     stochastic: bool = False
+    noise_max: float = math.inf
 
     @classmethod
     def of(cls, model: ShowerModel) -> ResponseKernel:
@@ -97,6 +100,7 @@ class ResponseKernel:
             photoelectrons_per_gev=response.photoelectrons_per_gev if config.cell_noise and config.photostatistics else 0.0,
             cell_noise=config.cell_noise,
             stochastic=config.generator_noise == "cells",
+            noise_max=math.inf if config.generator_noise_max is None else config.generator_noise_max,
         )
 
     def sigma(self, deposit: float) -> float:
@@ -117,7 +121,7 @@ class ResponseKernel:
         return math.inf if sigma == 0 else (self.threshold - deposit) / sigma
 
 
-def _constants(kernel: ResponseKernel) -> tuple[bool, float, float, float, bool, float, float, np.uint64]:
+def _constants(kernel: ResponseKernel) -> tuple[bool, float, float, float, float, bool, float, float, np.uint64]:
     """The model's constants as the numba kernel takes them."""
     dim = kernel.dim
     edge = kernel.edge_of(dim) if dim > 0 else math.inf
@@ -125,7 +129,7 @@ def _constants(kernel: ResponseKernel) -> tuple[bool, float, float, float, bool,
     # a dim cell crosses iff its 32 random bits are >= below: probability 1 - below / 2**32
     below = np.uint64(min(round((1.0 - crossing) * 2.0**32), 2**32))
     inverse_yield = 1.0 / kernel.photoelectrons_per_gev if kernel.photoelectrons_per_gev > 0 else 0.0
-    return (kernel.stochastic, float(np.float32(kernel.threshold)), kernel.noise**2, inverse_yield, kernel.cell_noise, dim, edge, below)
+    return (kernel.stochastic, float(np.float32(kernel.noise_max)), float(np.float32(kernel.threshold)), kernel.noise**2, inverse_yield, kernel.cell_noise, dim, edge, below)
 
 
 def generate(
@@ -263,6 +267,7 @@ def _generate(
     key: np.uint64,
     response: bool,
     stochastic: bool,
+    noise_max: float,
     threshold: float,
     noise2: float,
     inverse_yield: float,
@@ -277,6 +282,7 @@ def _generate(
     # _LANES interleaved partial results for the same reason.
     n = out.shape[1]
     thr = np.float32(threshold)
+    bound = np.float32(noise_max)
     logit = np.empty(n, dtype=np.float32)
     high = np.empty(n, dtype=np.uint32)  # each cell's second 32 random bits: its response
     slow = np.zeros(-(-n // 8) * 8, dtype=np.uint8)  # whole 64-bit words, read 8 flags at a time
@@ -300,11 +306,11 @@ def _generate(
                 settled = math.isfinite(g)
                 slow[j] = not settled
                 unsettled += not settled
-                logit[j] = o[j] + o[n + j] * _F32(g if settled else 0.0)
+                logit[j] = o[j] + min(o[n + j] * _F32(g if settled else 0.0), bound)
             for j in _flagged(slow, words, unsettled):
                 counter = _cell_counter(row, j)
                 g = counter_normal32(_U32(counter_bits(key, counter) & _LOW32), key, counter + _U64(1))
-                logit[j] = o[j] + o[n + j] * _F32(g)
+                logit[j] = o[j] + min(o[n + j] * _F32(g), bound)
         else:
             for j in range(n):
                 high[j] = _U32(counter_bits(key, _cell_counter(row, j)) >> _U64(32))

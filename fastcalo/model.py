@@ -126,6 +126,16 @@ class ModelConfig:
             mu + sigma g per cell with mu and log sigma both outputs of the network (the
             reparameterisation of arXiv:1312.6114), sigma starting near zero. The extra standard
             normals are drawn with z (:attr:`Generator.n_inputs`).
+        generator_noise_max: with ``generator_noise="cells"``, the largest value of a cell's noise
+            term sigma g (None: unbounded): a cell's share of the shower rises at most a factor
+            e**max above its median. A halo cell has a wide log-normal (sigma of 2-6 in the
+            fifth default), whose upper tail, unbounded, now and then lifts one far cell above
+            the core's logit: the softmax then moves the shower's energy a cell or more away
+            from the impact point, which the Monte Carlo never does
+            (:func:`fastcalo.validation.observables.displacement`). Applied in training and
+            generation alike (the gradient stops where the bound holds); a model trained
+            without it may set it afterwards (``scripts/bound_model_noise.py``), validated on
+            held-out Monte Carlo.
         critic_minibatch_std: group size of the critic's minibatch standard deviation
             (arXiv:1710.10196), 0 for none: within groups of this many showers of a batch, the
             standard deviation of every cell (network units), averaged over four regions around
@@ -176,6 +186,7 @@ class ModelConfig:
     cell_noise: bool = False
     photostatistics: bool = False
     generator_noise: str = "none"
+    generator_noise_max: float | None = None
     critic_minibatch_std: int = 0
     critic_minibatch_regions: str = "rings"
     energy: str = "model"
@@ -194,6 +205,15 @@ class ModelConfig:
         if self.generator_noise != "none" and self.kind != "mlp":
             msg = f"ModelConfig.generator_noise={self.generator_noise!r} needs the MLP generator (kind='mlp'), got kind={self.kind!r}"
             raise ValueError(msg)
+        if self.generator_noise_max is not None:
+            bound = self.generator_noise_max
+            if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not (math.isfinite(bound) and bound > 0):
+                msg = f"ModelConfig.generator_noise_max must be a number > 0 (or None: unbounded), got {bound!r}"
+                raise ValueError(msg)
+            if self.generator_noise != "cells":
+                msg = f"ModelConfig.generator_noise_max bounds the stochastic output layer: it needs generator_noise='cells', got {self.generator_noise!r}"
+                raise ValueError(msg)
+            object.__setattr__(self, "generator_noise_max", float(bound))
         if self.photostatistics and not self.cell_noise:
             msg = "ModelConfig.photostatistics needs cell_noise = true (the smearing uses the cell-noise draws)"
             raise ValueError(msg)
@@ -575,7 +595,10 @@ class Generator(nn.Module):
         if self.config.generator_noise != "cells":
             return out
         n, latent = self.side * self.side, self.config.latent_dim
-        return out[:, :n] + torch.exp(out[:, n:]) * z[:, latent:]
+        noise = torch.exp(out[:, n:]) * z[:, latent:]
+        if self.config.generator_noise_max is not None:
+            noise = noise.clamp_max(self.config.generator_noise_max)
+        return out[:, :n] + noise
 
     def outputs(self, z: torch.Tensor, c: torch.Tensor, r_code: torch.Tensor) -> torch.Tensor:
         """The network's outputs before the stochastic output layer: the logits (N, 576), or with

@@ -38,6 +38,10 @@ CONFIGS = {
     "mlp-cell-sigma": ModelConfig(
         latent_dim=8, generator_hidden=(32,), critic_hidden=(32,), energy_hidden=(16,), n_quantiles=20, generator_noise="cells"
     ),
+    "mlp-cell-sigma-bounded": ModelConfig(
+        latent_dim=8, generator_hidden=(32,), critic_hidden=(32,), energy_hidden=(16,), n_quantiles=20,
+        cell_noise=True, photostatistics=True, generator_noise="cells", generator_noise_max=0.02,
+    ),  # fmt: skip
 }
 PARTICLES = {
     "energy": [1.0, 3.0, 10.0, 50.0, 100.0],

@@ -178,6 +178,44 @@ def test_stochastic_layer_gives_torchs_deposits_on_its_own_normals(deposits) -> 
     assert not np.array_equal(other, fast)  # another block key, other normals
 
 
+def _bounded(model: ShowerModel, bound: float | None) -> ShowerModel:
+    """The model with ``generator_noise_max = bound``, the same weights."""
+    config = dataclasses.replace(model.config, generator_noise_max=bound)
+    other = ShowerModel(config, preprocessing=model.preprocessing, detector=model.detector)
+    other.load_state_dict(model.state_dict())
+    return other.eval()
+
+
+def test_the_bound_on_the_layers_noise_holds_in_the_kernel_and_in_torch(deposits) -> None:  # type: ignore[no-untyped-def]
+    """generator_noise_max: the kernel and torch's form bound sigma g alike, on the same normals;
+    the bound changes the cells whose noise term exceeds it and no others."""
+    model, _, _, c, e, z, u = deposits
+    latent, cells, n = model.config.latent_dim, model.detector.n_total_cells, len(c)
+    g = layer_normals(np.uint64(2026), n, cells)
+    outputs, total = model.outputs(c, e, z[:, :latent], u)
+    sigma_g = outputs[:, cells:].numpy() * g
+    bound = float(np.quantile(sigma_g, 0.999))  # binds on 0.1 % of the cells: about half the showers
+    shapes = {}
+    for value in (None, bound):
+        bounded = _bounded(model, value)
+        fast = np.empty((n, cells), dtype=np.float32)
+        generate(outputs.numpy(), total.numpy(), fast, range(n), 2026, ResponseKernel.of(bounded), response=False)
+        slow, _ = bounded.deposit(c, e, torch.cat([z[:, :latent], torch.from_numpy(g)], dim=1), u)
+        np.testing.assert_allclose(fast, slow.numpy(), rtol=1e-5, atol=1e-8)
+        shapes[value] = fast / fast.sum(axis=1, keepdims=True)
+    # a bound cell's share falls against the rest of its shower by exp(sigma g - bound)
+    hit = (sigma_g > bound).any(axis=1)
+    assert 0.2 < hit.mean() < 0.8
+    np.testing.assert_allclose(shapes[bound][~hit], shapes[None][~hit], rtol=1e-5, atol=1e-12)
+    row = int(np.flatnonzero(hit)[0])
+    over = sigma_g[row] > bound
+    ratio = (shapes[bound][row] / shapes[None][row])
+    expected = np.exp(bound - sigma_g[row][over]) * ratio[~over].mean()
+    np.testing.assert_allclose(ratio[over], expected, rtol=1e-4)
+    with pytest.raises(ValueError, match="generator_noise_max must be a number > 0"):
+        dataclasses.replace(model.config, generator_noise_max=0.0)
+
+
 def test_kernel_rows_do_not_depend_on_what_else_is_processed(deposits) -> None:  # type: ignore[no-untyped-def]
     model, deposit, total, *_ = deposits
     kernel = ResponseKernel.of(model)

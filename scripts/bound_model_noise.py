@@ -1,0 +1,40 @@
+"""Save a model with its stochastic output layer's noise bounded (``ModelConfig.generator_noise_max``):
+the same weights, a new model directory (the bound is part of the model's physics record, so
+model.json cannot simply be edited).
+
+    python scripts/bound_model_noise.py fastcalo/models/default 4 -o runs/default-bounded
+
+The training record is kept, with the bound noted (``"noise_bound_set_after_training"``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from fastcalo.model import ShowerModel, load, save
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", type=Path, help="a model directory (generator_noise = 'cells')")
+    parser.add_argument("bound", type=float, help="the largest noise term sigma g of a cell's logit, > 0")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="the model directory to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace the output directory")
+    args = parser.parse_args()
+    model = load(args.model)
+    try:
+        config = dataclasses.replace(model.config, generator_noise_max=args.bound)
+    except ValueError as err:
+        parser.error(str(err))
+    bounded = ShowerModel(config, preprocessing=model.preprocessing, detector=model.detector)
+    bounded.load_state_dict(model.state_dict())
+    training = dict(model.metadata.get("training", {}), noise_bound_set_after_training=args.bound)
+    path = save(bounded, args.output, training=training, overwrite=args.overwrite)
+    print(f"{path}: generator_noise_max = {args.bound:g}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
