@@ -515,17 +515,18 @@ def _pdgids(particle: str | int | npt.ArrayLike) -> npt.NDArray[np.int32]:
     if values.dtype.kind in "biuf" or (values.dtype.kind in "US" and isinstance(particle, np.ndarray)):
         # numbers, and numpy arrays of strings: numpy finds the distinct values without a Python
         # call per element (a list mixing names and numbers is not one: numpy would make 11 "11")
-        distinct, inverse = np.unique(values.reshape(-1), return_inverse=True)
-        return np.vectorize(pdgid_of, otypes=[np.int32])(distinct)[inverse].reshape(values.shape)
+        unique, inverse = np.unique(values.reshape(-1), return_inverse=True)
+        found: npt.NDArray[np.int32] = np.vectorize(pdgid_of, otypes=[np.int32])(unique)[inverse].reshape(values.shape)
+        return found
     values = np.asarray(particle, dtype=object)
     flat = values.reshape(-1)
     ids = np.empty(flat.shape, dtype=np.int32)
     try:
-        distinct = set(flat.tolist())  # by hash: names and numbers may mix (they cannot be sorted)
+        distinct: set[object] = set(flat.tolist())  # by hash: names and numbers may mix (they cannot be sorted)
     except TypeError:  # an unhashable element: named by pdgid_of's error
         distinct = set()
         for value in flat.tolist():
             pdgid_of(value)
     for value in distinct:
-        ids[flat == value] = pdgid_of(value)
+        ids[flat == value] = pdgid_of(value)  # type: ignore[arg-type]
     return ids.reshape(values.shape)
