@@ -407,7 +407,13 @@ class _Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+#: the signals received by this process's command: a library that catches the KeyboardInterrupt
+#: (scikit-learn's MLPClassifier.fit does) loses its signal number; the re-raised one has none.
+_SIGNALS: list[int] = []
+
+
 def _interrupt(signum: int, frame: object) -> None:
+    _SIGNALS.append(signum)
     # a second signal ends the process at once, as SIGKILL would (the next run removes leftovers)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -424,6 +430,7 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     output = getattr(args, "output", None)
     existed = output is not None and Path(output).exists()
     previous = None
+    _SIGNALS.clear()
     if threading.current_thread() is threading.main_thread():
         previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -436,7 +443,7 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
         message = error.args[0] if plain_key and error.args else error
         parser.exit(2, f"{parser.prog}: error: {message}\n")
     except KeyboardInterrupt as error:
-        signum = error.signum if isinstance(error, _Interrupted) else int(signal.SIGINT)
+        signum = error.signum if isinstance(error, _Interrupted) else (_SIGNALS[-1] if _SIGNALS else int(signal.SIGINT))
         outcome = ": no output written" if output is not None and not existed and not Path(output).exists() else ""
         sys.stderr.write(f"{parser.prog}: interrupted ({signal.Signals(signum).name}){outcome}\n")
         return 128 + signum

@@ -170,3 +170,31 @@ def test_damaged_hdf5_through_the_commands(damaged: Path, tmp_path: Path, capsys
     assert info.value.code == 2
     _assert_one_line(capsys.readouterr().err, "fastcalo: " + expected)
     assert not (tmp_path / "mc.h5").exists() and not (tmp_path / "report").exists()
+
+
+def test_validate_stops_on_a_signal_while_the_classifier_trains(tmp_path: Path) -> None:
+    """scikit-learn's MLPClassifier.fit catches the KeyboardInterrupt that SIGTERM becomes and
+    returns its half-trained model: the report went on and was written with that classifier's AUC
+    (and a second signal was needed to stop it). It must stop, write nothing and exit 143."""
+    from fastcalo import mc
+
+    for seed, name in ((1, "ref.h5"), (2, "gen.h5")):
+        c = mc.sample_conditions(3000, energy=(1.0, 2.0), eta=(-0.5, 0.5), seed=seed)
+        ds.write(mc.simulate(c["energy"], c["eta"], impact_x=c["impact_x"], impact_y=c["impact_y"], seed=seed).showers, tmp_path / name)
+    out = tmp_path / "report"
+    code = "import sys; from fastcalo.cli import validate_main; sys.exit(validate_main())"
+    args = ["--reference", str(tmp_path / "ref.h5"), "--generated", str(tmp_path / "gen.h5"), "-o", str(out)]
+    process = subprocess.Popen([sys.executable, "-c", code, *args], env=_env(), stderr=subprocess.PIPE)
+    assert process.stderr is not None
+    seen, deadline = b"", time.monotonic() + 240
+    while b"classifier (low-level)" not in seen:  # the progress bar: the first classifier starts
+        assert time.monotonic() < deadline and process.poll() is None, seen.decode()
+        seen += os.read(process.stderr.fileno(), 4096)
+    time.sleep(1.0)  # inside the first seed's fit (3 fits of a few seconds each follow)
+    process.send_signal(signal.SIGTERM)
+    rest = process.communicate(timeout=120)[1]
+    stderr = (seen + rest).decode()
+    assert process.returncode == 143, stderr  # before: 0, and a report with a half-trained classifier's AUC
+    assert stderr.rstrip().splitlines()[-1].endswith("fastcalo-validate: interrupted (SIGTERM): no output written"), stderr
+    assert "Traceback" not in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gen.h5", "ref.h5"]

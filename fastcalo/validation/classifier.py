@@ -71,6 +71,25 @@ def classifier_inputs(data: ShowerData, inputs: str, detector: Detector = DEFAUL
     raise ValueError(msg)
 
 
+#: What scikit-learn's MLPClassifier.fit warns when it catches a KeyboardInterrupt (Ctrl-C, or
+#: the CLI's SIGTERM) and returns the half-trained model as if training had ended.
+_SWALLOWED_INTERRUPT = "Training interrupted by user"
+
+
+def _reraise_interrupt(caught: list[warnings.WarningMessage]) -> None:
+    """Raise the KeyboardInterrupt that a fit swallowed (an AUC of a half-trained classifier is
+    a wrong number, not a result); show the fit's other warnings as they would have been."""
+    interrupted = False
+    for w in caught:
+        if _SWALLOWED_INTERRUPT in str(w.message):
+            interrupted = True
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+    if interrupted:
+        msg = "interrupted while the classifier trained"
+        raise KeyboardInterrupt(msg)
+
+
 def classifier_auc(
     reference: ShowerData,
     generated: ShowerData,
@@ -137,10 +156,12 @@ def classifier_auc(
             hidden_layer_sizes=hidden, alpha=1e-4, learning_rate_init=1e-3, max_iter=200,
             early_stopping=True, validation_fraction=0.15, n_iter_no_change=10, random_state=seed,
         )  # fmt: skip
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True) as caught:
             # early stopping ends training; hitting max_iter first is not an error for a test statistic
             warnings.simplefilter("ignore", ConvergenceWarning)
+            warnings.filterwarnings("always", message=_SWALLOWED_INTERRUPT)
             model.fit(xs[train], y[train])
+        _reraise_interrupt(caught)
         calibration = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
         calibration.fit(model.predict_proba(xs[val])[:, 1], y[val])
         calibrated = calibration.predict(model.predict_proba(xs[test])[:, 1])
