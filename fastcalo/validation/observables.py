@@ -138,8 +138,8 @@ def _axis(name: str, values: list[np.ndarray]) -> hist.axis.Regular:
 
 #: A shower whose centroid lies more than this (mm) from its impact point along y is *displaced*
 #: (:func:`displacement`). Reference MC photons (1-100 GeV log-uniform, |eta| < 1.5, 20 000):
-#: 1 shower beyond 6 mm, none beyond 8 mm (99.9 % within 4.4 mm); the fifth default model: 101
-#: beyond 6 mm, 50 beyond 8 mm.
+#: 1 shower beyond 6 mm, none beyond 8 mm (99.9 % within 4.4 mm); the fifth default model (its
+#: stochastic layer unbounded): 101 beyond 6 mm, 50 beyond 8 mm; the sixth: 2 and 0.
 DISPLACED_MM = 6.0
 
 
