@@ -519,14 +519,14 @@ def _pdgids(particle: str | int | npt.ArrayLike) -> npt.NDArray[np.int32]:
         found: npt.NDArray[np.int32] = np.vectorize(pdgid_of, otypes=[np.int32])(unique)[inverse].reshape(values.shape)
         return found
     values = np.asarray(particle, dtype=object)
+    to_id = np.vectorize(pdgid_of, otypes=[np.int32])
     flat = values.reshape(-1)
-    ids = np.empty(flat.shape, dtype=np.int32)
     try:
         distinct: set[object] = set(flat.tolist())  # by hash: names and numbers may mix (they cannot be sorted)
-    except TypeError:  # an unhashable element: named by pdgid_of's error
-        distinct = set()
-        for value in flat.tolist():
-            pdgid_of(value)
+    except TypeError:  # an unhashable element: each element on its own, pdgid_of names the bad one
+        element_ids: npt.NDArray[np.int32] = to_id(values)
+        return element_ids
+    ids = np.empty(flat.shape, dtype=np.int32)
     for value in distinct:
         ids[flat == value] = pdgid_of(value)  # type: ignore[arg-type]
     return ids.reshape(values.shape)

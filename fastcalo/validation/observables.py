@@ -143,7 +143,7 @@ def _axis(name: str, values: list[np.ndarray]) -> hist.axis.Regular:
 DISPLACED_MM = 6.0
 
 
-def displacement(data: ShowerData, detector: Detector = DEFAULT_DETECTOR) -> np.ndarray:
+def displacement(data: ShowerData, detector: Detector = DEFAULT_DETECTOR, *, feats: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """The distance (mm) along y of each shower's energy-weighted centroid from its impact point, (N,).
 
     The images and the impact point share one frame (the impact point lies in the central cell,
@@ -154,6 +154,11 @@ def displacement(data: ShowerData, detector: Detector = DEFAULT_DETECTOR) -> np.
     shower whose energy sits away from where the particle hit: a broken shower, rare enough that the
     binned features and the classifier average over it. An empty shower gives NaN.
 
+    Arguments:
+        data: the showers.
+        detector: their geometry.
+        feats: their :func:`features`, if already computed (the centroid is taken from them).
+
     Example:
         >>> from fastcalo import mc
         >>> data = mc.simulate(np.full(200, 10.0), 0.0, "photon", seed=1).showers
@@ -161,11 +166,7 @@ def displacement(data: ShowerData, detector: Detector = DEFAULT_DETECTOR) -> np.
         >>> bool(np.median(d) < 1.5), int((d > DISPLACED_MM).sum())
         (True, 0)
     """
-    images = data.images.astype(np.float64)
-    centres = detector.cell_edges[:-1] + 0.5 * detector.cell_size
-    total = images.sum(axis=(1, 2))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        centroid = images.sum(axis=1) @ centres / total
+    centroid = (features(data, detector) if feats is None else feats)["centroid_y"]
     return np.asarray(np.abs(centroid - data.impact_y))
 
 

@@ -819,7 +819,7 @@ def compare(
             descriptions=[_describe(s) for s in samples],
             timings=timings,
         )
-        distances = [obs.displacement(s, detector) for s in samples]
+        distances = [obs.displacement(s, detector, feats=f) for s, f in zip(samples, feats)]
         axis = hist.axis.Regular(60, 0.0, 60.0, label="|centroid y - impact y| [mm]")
         report.displacement = [hist.Hist(axis, storage=hist.storage.Weight()).fill(d[np.isfinite(d)]) for d in distances]
         report.displaced = [(int((d > obs.DISPLACED_MM).sum()), int(np.isfinite(d).sum())) for d in distances]
