@@ -435,7 +435,7 @@ class Engine:
 
         Returns:
             A :class:`fastcalo.datasets.ShowerData`: the energy and eta simulated at (clipped under
-            ``out_of_range="clip"``), phi and pdgid as given, the impact points used (mm) and the
+            ``out_of_range="clip"``; a particle skipped under ``"skip"`` keeps its own), phi and pdgid as given, the impact points used (mm) and the
             images (N, 24, 24) float32 in GeV (all zero for particles skipped by the policy).
 
         Raises:
@@ -460,10 +460,13 @@ class Engine:
         run = self._run_blocks if blockwise else self._run_batches
         run(used, first_index, stream, images, impact_x, impact_y, sums)
         self._check_output(sums, used, keep, first_index)
+        energy, eta = used.energy, used.eta
         if not keep.all():
             images[~keep] = 0.0
+            # a skipped particle was not simulated at all: it keeps its own energy and eta
+            energy, eta = np.where(keep, energy, particles.energy), np.where(keep, eta, particles.eta)
         return ShowerData(
-            energy=used.energy, eta=used.eta, phi=particles.phi, pdgid=particles.pdgid,
+            energy=energy, eta=eta, phi=particles.phi, pdgid=particles.pdgid,
             impact_x=impact_x, impact_y=impact_y, images=images,
         )  # fmt: skip
 

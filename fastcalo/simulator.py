@@ -308,7 +308,8 @@ class Simulator:
         (``tree``, ``collection``, ``preset``, ``branches``, ``particle`` as there) and writes the
         showers atomically (a failure leaves no output file), in the input's order:
 
-        - ROOT: a TTree named like the input's, one entry per input event, with ``n<C>`` and the
+        - ROOT: a TTree named like the input's (at the top of the file, also for an input tree in
+          a directory, ``tree="dir/tree"``), one entry per input event, with ``n<C>`` and the
           jagged branches ``<C>_energy, _eta, _phi, _pdgid, _impact_x, _impact_y`` and
           ``<C>_image`` (576 cells per particle, row-major), or with ``cells="hits"`` the cells
           above the threshold as ``<C>_nhits``, ``<C>_hit_cell`` and ``<C>_hit_energy``
@@ -338,12 +339,13 @@ class Simulator:
             raise ValueError(msg)
         source = open_tree(input, tree)
         try:
+            tree_path = str(source.object_path).strip("/").split(";")[0]  # "dir/tree" for a tree in a TDirectory
             tree_name = str(source.name)
             n_entries = int(source.num_entries)
             copy = _copy_list(source, copy_branches, str(input), name)
         finally:
             source.file.close()
-        reader = Reader(tree=tree_name, collection=collection, preset=preset, branches=branches, particle=particle)
+        reader = Reader(tree=tree_path, collection=collection, preset=preset, branches=branches, particle=particle)
         meta = {
             "generator": "fastcalo.Simulator",
             "model": self._origin if isinstance(self._origin, str) else "<in memory>",

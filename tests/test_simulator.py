@@ -303,6 +303,35 @@ def test_run_file_flat_tree_and_empty_file(tmp_path: Path) -> None:
     assert tree.num_entries == 0 and {"nparticles", "particles_energy", "particles_nhits", "particles_hit_energy"} <= set(tree.keys())
 
 
+def test_run_file_reads_a_tree_in_a_directory(tmp_path: Path) -> None:
+    path = tmp_path / "ntuple.root"  # as CMSSW's TFileService writes: demo/tree
+    kinematics = {"energy": np.array([10.0, 20.0]), "eta": np.array([0.1, -0.2]), "phi": np.zeros(2)}
+    with uproot.recreate(path) as f:
+        f.mkdir("ana")
+        f["ana"].mktree("photons", {k: np.float64 for k in kinematics}).extend(kinematics)
+    for tree in ("ana/photons", None):  # named, or the file's only tree
+        out = Simulator(seed=2, device="cpu").run_file(path, tmp_path / "out.root", tree=tree, particle="photon", overwrite=True, progress=False)
+        data = datasets.read(out)
+        assert data.energy.tolist() == [10.0, 20.0] and (data.images.sum(axis=(1, 2)) > 5).all()
+        assert uproot.open(out).classnames(cycle=False)["photons"] == "TTree"
+
+
+def test_skipped_particles_keep_their_own_energy_and_eta_in_the_output(tmp_path: Path) -> None:
+    path = tmp_path / "outside.root"
+    kinematics = {"energy": np.array([150.0, 10.0, 20.0]), "eta": np.array([0.2, 2.5, 0.3]), "phi": np.zeros(3)}
+    with uproot.recreate(path) as f:
+        f.mktree("particles", {k: np.float64 for k in kinematics}).extend(kinematics)
+    for cells in ("hits", "dense"):
+        out = Simulator(seed=2, device="cpu", out_of_range="skip").run_file(
+            path, tmp_path / f"skip-{cells}.root", particle="photon", cells=cells, progress=False
+        )
+        data = datasets.read(out)
+        assert data.energy.tolist() == [150.0, 10.0, 20.0] and data.eta.tolist() == [0.2, 2.5, 0.3]
+        assert data.images[:2].sum() == 0 and data.images[2].sum() > 15
+    clipped = datasets.read(Simulator(seed=2, device="cpu", out_of_range="clip").run_file(path, tmp_path / "clip.h5", particle="photon", progress=False))
+    assert clipped.energy.tolist() == [100.0, 10.0, 20.0] and clipped.eta.tolist() == [0.2, 1.5, 0.3]  # simulated at
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 def test_in_memory_model_pickles(dtype: str) -> None:
     import pickle
