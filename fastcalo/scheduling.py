@@ -80,7 +80,8 @@ def simulated_chunks(
     ranges = [(start, min(start + step_size, n_entries)) for start in range(0, n_entries, step_size)]
     path = os.fspath(input)
     counts = client.gather([client.submit(_count_chunk, path, reader, start, stop, pure=False) for start, stop in ranges])
-    firsts = [0, *np.cumsum(counts)[:-1].tolist()]  # the global index of each chunk's first particle
+    sizes = np.asarray(counts, dtype=np.int64)
+    firsts = (np.cumsum(sizes) - sizes).tolist()  # the global index of each chunk's first particle (none for an empty tree)
     workers = max(1, len(client.scheduler_info().get("workers", {})))
     shared = client.scatter(sim, broadcast=True)
     pending: list[Any] = []

@@ -391,6 +391,11 @@ def test_cli_simulate_with_local_cluster(nano: Path, tmp_path: Path) -> None:
     assert main(["simulate", str(nano), "-o", str(parallel), "--workers", "2", "--threads", "1", *common]) == 0
     np.testing.assert_array_equal(datasets.read(parallel).images, datasets.read(serial).images)
     assert uproot.open(parallel)["Events"]["nPhoton"].array().tolist() == uproot.open(nano)["Events"]["nPhoton"].array().tolist()
+    empty = tmp_path / "empty.root"  # a tree without entries: an empty output, as the serial path writes
+    assert main(["events", "-o", str(empty), "--n-events", "0"]) == 0
+    assert main(["simulate", str(empty), "-o", str(tmp_path / "none.root"), "--workers", "1", "--threads", "1", *common]) == 0
+    tree = uproot.open(tmp_path / "none.root")["Events"]
+    assert tree.num_entries == 0 and {"nPhoton", "Photon_energy", "Photon_hit_energy"} <= set(tree.keys())
 
 
 def test_cli_events_simulate_mc_like(tmp_path: Path) -> None:
