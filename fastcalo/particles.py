@@ -351,6 +351,9 @@ def _particle_ids(
             checker.fail_where("pdgid", ~_isin(pdgid, family), what, example=pdgid)
         return pdgid
     if "charge" in columns and electrons:
+        if wanted is not None and wanted not in _family(PARTICLES["electron"]):
+            msg = f"charge: the collection {name!r} holds electrons and positrons (told apart by their charge), not particle={particle!r}"
+            raise ValueError(msg)
         charge = columns["charge"]
         bad = (charge != 1) & (charge != -1)
         checker.fail_where("charge", bad, "charges other than +1 or -1 for electrons", example=charge)

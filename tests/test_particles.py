@@ -306,6 +306,11 @@ def test_standardize_particle_must_agree() -> None:
         fp.standardize(electrons, particle="photon")
     with pytest.raises(ValueError, match="unknown particle 'muon'"):
         fp.standardize(electrons, particle="muon")
+    charged = ak.zip({"pt": [[5.0, 6.0]], "eta": [[0.0, 0.0]], "phi": [[0.0, 0.0]], "charge": [[-1, 1]]}, with_name="Electron")
+    assert fp.standardize(charged).pdgid.tolist() == [[11, -11]]  # typed by the charge
+    assert fp.standardize(charged, particle="positron").pdgid.tolist() == [[11, -11]]
+    with pytest.raises(ValueError, match=r"charge: the collection 'Electron' holds electrons and positrons .*not particle='photon'"):
+        fp.standardize(charged, particle="photon")
 
 
 # --- bad values ------------------------------------------------------------------------------
