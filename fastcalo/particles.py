@@ -173,13 +173,16 @@ class UnreadableFileError(ValueError):
 @contextmanager
 def _readable(path: str | os.PathLike[str]) -> Iterator[None]:
     """Turn whatever uproot raises while reading a damaged file into an UnreadableFileError naming
-    the file (memory and operating-system errors pass through as they are). Wraps only uproot's
-    own calls, never fastcalo's checks of the values read."""
+    the file (memory and operating-system errors pass through as they are; an OSError without an
+    errno is uproot's own, a truncated file's short read). Wraps only uproot's own calls, never
+    fastcalo's checks of the values read."""
     try:
         yield
-    except (MemoryError, OSError):
+    except MemoryError:
         raise
     except Exception as err:  # RecursionError, zlib.error, uproot's DeserializationError, struct.error...
+        if isinstance(err, OSError) and err.errno is not None:  # the system's: permissions, I/O, no such file
+            raise
         text = str(err).splitlines()[0][:200] if str(err) else ""
         kind = type(err).__name__ if type(err).__module__ == "builtins" else f"{type(err).__module__}.{type(err).__name__}"
         msg = f"{os.fspath(path)}: not a readable ROOT file ({kind}{': ' + text if text else ''}); is it damaged or truncated?"

@@ -644,6 +644,11 @@ def test_cli_simulate_damaged_root_file_is_one_line(tmp_path: Path, one_line_err
     line = one_line_error(["simulate", str(damaged), "-o", str(tmp_path / "x.h5"), "--collection", "Photon", "--device", "cpu", "--no-progress"])
     assert f"{damaged}: not a readable ROOT file (" in line
     assert not (tmp_path / "x.h5").exists()
+    truncated = tmp_path / "truncated.root"  # a copy cut short: uproot reads fewer bytes than it asks for
+    truncated.write_bytes(good.read_bytes()[:3000])
+    line = one_line_error(["simulate", str(truncated), "-o", str(tmp_path / "x.h5"), "--collection", "Photon", "--device", "cpu", "--no-progress"])
+    assert f"{truncated}: not a readable ROOT file (" in line and "truncated" in line
+    assert not (tmp_path / "x.h5").exists()
 
 
 def test_cli_simulate_broken_model_is_one_line(nano: Path, tmp_path: Path, one_line_error: Callable[[list[str]], str]) -> None:
