@@ -954,7 +954,15 @@ def _close_atomic(
 
 
 def _group_branches(extra: ak.Array, *, reserved: set[str]) -> dict[str, ak.Array | np.ndarray]:
-    """Per-event input branches to copy: jagged ``X_y`` fields with equal counts grouped under ``X``."""
+    """Per-event input branches to copy: the jagged ``X_y`` fields of a collection whose counter
+    ``nX`` is copied too (NanoAOD's ``nElectron``, ``Electron_pt``, ...) grouped under ``X`` (one
+    counter, as in the input); other jagged fields each under their own counter. The grouping
+    depends on the names only, never on a chunk's values, so every chunk of a file has the layout
+    of the first.
+
+    Raises:
+        ValueError: a grouped field whose counts differ from its counter's in this chunk.
+    """
     import awkward as ak
 
     out: dict[str, ak.Array | np.ndarray] = {}
@@ -972,13 +980,16 @@ def _group_branches(extra: ak.Array, *, reserved: set[str]) -> dict[str, ak.Arra
         else:
             out[field] = values
     for prefix, members in groups.items():
-        counts = [ak.to_numpy(ak.num(v, axis=1)) for v in members.values()]
-        if all(np.array_equal(counts[0], c) for c in counts[1:]) and all(v.ndim == 2 for v in members.values()):
-            out[prefix] = ak.zip(members)
-            out.pop(f"n{prefix}", None)
-        else:
+        counter = out.get(f"n{prefix}")
+        if counter is None or not all(v.ndim == 2 for v in members.values()):
             out.update({f"{prefix}_{rest}": v for rest, v in members.items()})
-    return {k: v for k, v in out.items() if not (k.startswith("n") and k[1:] in out)}
+            continue
+        for rest, v in members.items():
+            if not np.array_equal(ak.to_numpy(ak.num(v, axis=1)), counter):
+                msg = f"input branch {prefix}_{rest} has other counts than its collection's counter n{prefix}: cannot copy it under n{prefix}"
+                raise ValueError(msg)
+        out[prefix] = ak.zip(members)
+    return {k: v for k, v in out.items() if not (k.startswith("n") and k[1:] in out)}  # uproot writes the counters
 
 
 def write(

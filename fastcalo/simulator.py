@@ -435,7 +435,7 @@ def _copy_list(tree: Any, copy: bool | list[str], where: str, collection: str) -
     """Input branches to copy: all (True) but those named like the output collection's own
     branches (``<C>_*``, ``n<C>``), or exactly the names given (an error if one is the output's)."""
     names = list(tree.keys(recursive=False))
-    own = [n for n in names if n == collection or n.startswith(f"{collection}_") or n.startswith(f"n{collection}")]
+    own = [n for n in names if n == collection or n.startswith((f"{collection}_", f"{collection}.", f"n{collection}"))]
     if copy is True:
         return [n for n in names if n not in own]
     if not copy:

@@ -251,6 +251,34 @@ def test_copy_branches_never_clobbers_the_output(sim: Simulator, nano: Path, tmp
     assert not (tmp_path / "x.root").exists()
 
 
+def test_copied_branches_have_one_layout_at_any_step_size(tmp_path: Path) -> None:
+    photons = ak.zip({"pt": [[10.0], [20.0], [30.0], [40.0]], "eta": [[0.0]] * 4, "phi": [[0.0]] * 4})
+    muons = ak.zip({"pt": [[], [5.0], [6.0, 7.0], []], "eta": [[], [0.1], [0.2, 0.3], []]})  # nMuon, Muon_pt, Muon_eta
+    # same prefix, own counters (nlep_pt, nlep_trk): equal counts in the first events only
+    lep_pt, lep_trk = ak.Array([[], [], [1.0], [2.0, 3.0]]), ak.Array([[], [], [5.0, 6.0], [7.0]])
+    columns = {"Photon": photons, "Muon": muons, "lep_pt": lep_pt, "lep_trk": lep_trk}
+    path = tmp_path / "events.root"
+    with uproot.recreate(path) as f:
+        f.mktree("Events", {k: v.type.content for k, v in columns.items()}).extend(columns)
+    trees = []
+    for step in (2, 10):
+        out = Simulator(seed=1, device="cpu").run_file(path, tmp_path / f"step{step}.root", collection="Photon", step_size=step, copy_branches=True, progress=False)
+        trees.append(uproot.open(out)["Events"].arrays())
+    for tree in trees:
+        assert tree["nMuon"].tolist() == [0, 1, 2, 0] and tree["Muon_eta"].tolist() == muons.eta.tolist()
+        assert tree["lep_pt"].tolist() == lep_pt.tolist() and tree["lep_trk"].tolist() == lep_trk.tolist()
+    assert trees[0].fields == trees[1].fields and "nMuon_pt" not in trees[0].fields
+    # a Delphes-style collection (Particle.PT, ..., Particle_size) is the output's own: not copied
+    delphes = ak.zip({"PT": [[10.0, 20.0], [5.0]], "Eta": [[0.0, 0.1], [0.2]], "Phi": [[0.0, 0.0], [0.0]], "PID": [[22, 11], [-11]], "E": [[10.0, 20.0], [5.0]]})
+    with uproot.recreate(tmp_path / "delphes.root") as f:
+        f.mktree("Delphes", {"Particle": delphes.type.content, "Weight": np.float64}, field_name=lambda o, i: f"{o}.{i}", counter_name=lambda c: f"{c}_size").extend(
+            {"Particle": delphes, "Weight": np.array([0.5, 2.0])}
+        )
+    out = Simulator(seed=1, device="cpu").run_file(tmp_path / "delphes.root", tmp_path / "delphes_out.root", collection="Particle", copy_branches=True, progress=False)
+    keys = set(uproot.open(out)["Delphes"].keys())
+    assert "Weight" in keys and "nParticle" in keys and not any(k.startswith("Particle.") or k.startswith("nParticle.") for k in keys), keys
+
+
 def test_run_file_hdf5_keeps_events(sim: Simulator, nano: Path, tmp_path: Path) -> None:
     out = sim.run_file(nano, tmp_path / "showers.h5", collection="Electron", step_size=100, progress=False)
     import h5py
