@@ -343,7 +343,8 @@ def _particle_ids(
         fraction = ~np.isfinite(as_float) | (as_float != np.floor(as_float))
         checker.fail_where("pdgid", fraction, "non-integer PDG ids (22 or 22.0, never 22.7)", example=raw)
         low, high = PDGID_RANGE
-        checker.fail_where("pdgid", (raw < low) | (raw > high), f"PDG ids outside the int32 range [{low}, {high}]", example=raw)
+        # compared as float64 (exact for every int32): an unsigned branch cannot be compared with a negative bound
+        checker.fail_where("pdgid", (as_float < low) | (as_float > high), f"PDG ids outside the int32 range [{low}, {high}]", example=raw)
         pdgid = ak.values_astype(raw, np.int32)
         unknown = ~_isin(pdgid, PARTICLES.values())
         what = f"PDG ids that fastcalo does not simulate (it simulates {_species()})"
@@ -358,9 +359,10 @@ def _particle_ids(
             msg = f"charge: the collection {name!r} holds electrons and positrons (told apart by their charge), not particle={particle!r}"
             raise ValueError(msg)
         charge = columns["charge"]
-        bad = (charge != 1) & (charge != -1)
+        signed = ak.values_astype(charge, np.float64)  # an unsigned branch (uint8) compares with -1 too
+        bad = (signed != 1) & (signed != -1)
         checker.fail_where("charge", bad, "charges other than +1 or -1 for electrons", example=charge)
-        return ak.values_astype(ak.where(charge < 0, PARTICLES["electron"], PARTICLES["positron"]), np.int32)
+        return ak.values_astype(ak.where(signed < 0, PARTICLES["electron"], PARTICLES["positron"]), np.int32)
     if wanted is not None:
         return ak.full_like(columns[reference], wanted, dtype=np.int32)
     if lowered in _PHOTON_NAMES:

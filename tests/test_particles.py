@@ -340,6 +340,14 @@ def test_bad_values_located_in_file_and_flat_arrays(tmp_path: Path) -> None:
         fp.standardize({"pt": [1.0], "eta": [0.0], "phi": [0.0], "pdgid": [13]})
     with pytest.raises(ValueError, match="charges other than"):
         fp.standardize({"pt": [1.0], "eta": [0.0], "phi": [0.0], "charge": [0]}, particle="electron")
+    # unsigned branches: compared as numbers, not wrapped or refused by numpy's bounds check
+    unsigned = {"pt": np.ones(2), "eta": np.zeros(2), "phi": np.zeros(2)}
+    assert fp.standardize({**unsigned, "pdgId": np.array([22, 11], np.uint32)}).pdgid.tolist() == [22, 11]
+    assert fp.standardize({**unsigned, "charge": np.array([1, 1], np.uint8)}, particle="electron").pdgid.tolist() == [-11, -11]  # e+
+    with pytest.raises(ValueError, match=r"charge: 1 charges other than \+1 or -1 .* \(255\)"):
+        fp.standardize({**unsigned, "charge": np.array([255, 1], np.uint8)}, particle="electron")
+    with pytest.raises(ValueError, match=r"PDG ids outside the int32 range .* \(4294967274\)"):
+        fp.standardize({**unsigned, "pdgId": np.array([22, 2**32 - 22], np.uint32)})
     with pytest.raises(ValueError, match="below the particle's mass"):
         fp.standardize({"E": [1e-4], "eta": [0.0], "phi": [0.0]}, particle="electron")
     ph = photons()
