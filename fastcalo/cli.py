@@ -112,14 +112,16 @@ def _mc(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .model import load, save
+    from .model import _check_replaceable, load, save
     from .runconfig import load_config
     from .train import train
 
     overrides = {"train": {"steps": args.steps}} if args.steps is not None else {}
     config = load_config(args.config, **overrides)
-    if args.export is not None and args.export.exists() and not args.overwrite:
-        raise OutputExistsError(args.export)
+    if args.export is not None and (args.export.exists() or args.export.is_symlink()):
+        if not args.overwrite:
+            raise OutputExistsError(args.export)
+        _check_replaceable(args.export)  # before the training, not hours later
     if args.threads:
         import torch
 

@@ -980,8 +980,13 @@ def save(
     and detector), which the weights file's header holds too: a model.json edited after saving
     no longer loads.
 
+    With ``overwrite`` an existing ``directory`` is replaced only if it is a model directory that
+    fastcalo wrote (model.json, model.safetensors, train.toml and nothing else, its model.json of this format) or
+    empty; anything else is left as it is.
+
     Raises:
-        FileExistsError: ``directory`` exists and ``overwrite`` is False.
+        FileExistsError: ``directory`` exists and ``overwrite`` is False, or it is not a model
+            directory of fastcalo (saying why).
         ValueError: a model :func:`load` would refuse (:func:`check_model`: non-finite weights, a
             threshold other than the detector's).
     """
@@ -993,8 +998,10 @@ def save(
     from . import __version__
 
     target = Path(directory)
-    if target.exists() and not overwrite:
-        raise OutputExistsError(target)
+    if target.exists() or target.is_symlink():
+        if not overwrite:
+            raise OutputExistsError(target)
+        _check_replaceable(target)
     try:
         check_model(model)
     except ValueError as err:
@@ -1035,6 +1042,31 @@ def save(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+#: What a model directory of fastcalo holds: the weights, their JSON record and, for an exported
+#: training, its run config (``fastcalo train --export``).
+_MODEL_FILES = ("model.json", "model.safetensors", "train.toml")
+
+
+def _check_replaceable(target: Path) -> None:
+    """Refuse to replace ``target`` unless it is an empty directory or a model directory of
+    fastcalo: only model.json, model.safetensors and train.toml, model.json among them and of this format."""
+    if target.is_symlink() or not target.is_dir():
+        problem = "it is a symbolic link" if target.is_symlink() else "it is not a directory"
+    else:
+        names = sorted(p.name for p in target.iterdir())
+        others = [n for n in names if n not in _MODEL_FILES]
+        problem = f"it holds {others[:5]}" if others else ""
+        if names and not problem:
+            try:
+                found = json.loads((target / "model.json").read_text()).get("format")
+            except (OSError, ValueError, AttributeError):
+                found = None
+            problem = "" if found == _FORMAT else f'it has no model.json of "format": "{_FORMAT}"'
+    if problem:
+        msg = f"{target} already exists and is not a model directory of fastcalo ({problem}); refusing to replace it: choose another directory"
+        raise FileExistsError(msg)
 
 
 def load(directory: str | os.PathLike[str], *, detector: Detector | None = None) -> ShowerModel:

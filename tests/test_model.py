@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,6 +155,30 @@ def test_energy_model_learns_a_conditional_spread() -> None:
             truth = draw(torch.full((200_000,), code))
             assert float(drawn.mean()) == pytest.approx(float(truth.mean()), abs=0.08 * float(truth.std()))
             assert float(drawn.std()) == pytest.approx(float(truth.std()), rel=0.08)
+
+
+def test_save_replaces_only_a_model_directory_of_fastcalo(tmp_path: Path) -> None:
+    model = ShowerModel(ModelConfig(latent_dim=4, generator_hidden=(8,), critic_hidden=(8,), energy_hidden=(4,), n_quantiles=9))
+    saved = save(model, tmp_path / "m")
+    assert save(model, saved, overwrite=True) == saved  # its own model: replaced
+    (tmp_path / "empty").mkdir()
+    save(model, tmp_path / "empty", overwrite=True)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "model.json").write_text('{"format": "something else"}')
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "link").symlink_to(saved)
+    refused = {
+        mine: 'it has no model.json of "format": "fastcalo.model"',
+        tmp_path: "it holds [",
+        tmp_path / "notes.txt": "it is not a directory",
+        tmp_path / "link": "it is a symbolic link",
+    }
+    for target, why in refused.items():
+        with pytest.raises(FileExistsError, match=re.escape(f"{target} already exists and is not a model directory of fastcalo ({why}")):
+            save(model, target, overwrite=True)
+    assert (mine / "model.json").read_text() == '{"format": "something else"}' and (tmp_path / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in saved.iterdir()) == ["model.json", "model.safetensors"] and (tmp_path / "link").is_symlink()
 
 
 def test_save_load_reproduces_outputs_exactly(model: ShowerModel, tmp_path) -> None:

@@ -162,6 +162,17 @@ def test_cli_train_and_export(tmp_path: Path, data_dir: Path, capsys: pytest.Cap
         cli.main(argv)
     assert exit_info.value.code == 2
     assert f"error: {export} already exists (--overwrite replaces it)" in capsys.readouterr().err
+    assert cli.main([*argv, "--overwrite"]) == 0  # a model directory fastcalo wrote: replaced
+    assert sorted(p.name for p in export.iterdir()) == ["model.json", "model.safetensors", "train.toml"]
+    mine = tmp_path / "configs"  # anyone else's directory is never replaced (nor emptied)
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    for target in (mine, tmp_path):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([*argv[:-3], "--export", str(target), "--overwrite", "--no-progress"])
+        assert exit_info.value.code == 2
+        assert f"{target} already exists and is not a model directory of fastcalo (it holds [" in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text() == "mine" and (tmp_path / "run").is_dir()
     bad = tmp_path / "bad.toml"
     bad.write_text("[model]\nkind = 'rnn'\n")
     with pytest.raises(SystemExit):
