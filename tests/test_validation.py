@@ -329,6 +329,16 @@ def test_summary_verdicts_and_report(tmp_path: Path, samples) -> None:
     assert page.count("class='fail'>FAIL") == metrics["failed"] and page.count("class='pass'>PASS") == metrics["passed"]
 
 
+def test_response_checks_fail_where_the_generated_showers_are_empty(samples) -> None:
+    ref, other = samples
+    images = other.images.copy()
+    images[other.energy == 20.0] = 0.0  # a model that makes nothing at 20 GeV
+    summary = {c.name: c for c in fast_compare(ref, dataclasses.replace(other, images=images)).summary()}
+    for name in ("response_mean", "resolution"):  # the dead point is not left out: it fails, and is the one named
+        assert not summary[name].passed and summary[name].detail == "E = 20 GeV", summary[name]
+    assert summary["response_mean"].value == pytest.approx(1.0)
+
+
 def test_check_verdict_with_errors() -> None:
     from fastcalo.validation import Check
 

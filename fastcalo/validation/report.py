@@ -143,12 +143,17 @@ class Report:
         ):
             rows = []
             for ref, gen in pairs:
-                (a, ea), (b, eb) = ((getattr(x, of[0]), getattr(x, of[1])) for x in (ref, gen))
-                if a > 0 and b > 0:
-                    ratio = b / a
-                    rows.append((abs(ratio - 1), ratio * float(np.hypot(ea / a, eb / b)), ref))
-            if rows:  # the point furthest beyond the bound, in errors
-                value, error, row = max(rows, key=lambda item: item[0] - ns * item[1])
+                a, ea = getattr(ref, of[0]), getattr(ref, of[1])
+                b, eb = (getattr(gen, of[0]), getattr(gen, of[1])) if gen is not None else (math.nan, math.nan)
+                if not a > 0:  # the reference's own value is unusable: nothing to compare with
+                    continue
+                # a generated value of 0 (every shower empty) is a ratio of 0; NaN (too few showers
+                # with energy for a core) stays NaN: both fail, neither is left out
+                ratio = b / a if b >= 0 else math.nan
+                error = ratio * float(np.hypot(ea / a, eb / b)) if b > 0 else 0.0
+                rows.append((abs(ratio - 1), error if math.isfinite(error) else 0.0, ref))
+            if rows:  # the point furthest beyond the bound, in errors (one that cannot be compared first)
+                value, error, row = max(rows, key=lambda item: item[0] - ns * item[1] if math.isfinite(item[0]) else math.inf)
                 checks.append(Check(name, description, value, high=bound, error=error, n_sigma=ns, detail=f"E = {_energy_text(row)} GeV"))
         return checks
 
@@ -645,10 +650,11 @@ def _energy_text(row: obs.ResponsePoint) -> str:
 
 def _matched_response(
     reference: list[obs.ResponsePoint], generated: list[obs.ResponsePoint]
-) -> list[tuple[obs.ResponsePoint, obs.ResponsePoint]]:
-    """Rows of the two response tables that are for the same energy group."""
+) -> list[tuple[obs.ResponsePoint, obs.ResponsePoint | None]]:
+    """Each row of the reference's response table with the generated row of the same energy group
+    (None where the generated sample has too few showers there for a row)."""
     by_group = {(r.energy_low, r.energy_high): r for r in generated}
-    return [(r, by_group[(r.energy_low, r.energy_high)]) for r in reference if (r.energy_low, r.energy_high) in by_group]
+    return [(r, by_group.get((r.energy_low, r.energy_high))) for r in reference]
 
 
 def per_energy(
