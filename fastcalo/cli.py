@@ -68,8 +68,13 @@ def _mc(args: argparse.Namespace) -> int:
         raise ValueError(msg)
     if args.threads:
         numba.set_num_threads(args.threads)
-    energy = parse_span(args.energy, "energy")
-    eta = parse_span(args.eta, "eta")
+    given = {"--particle": args.particle, "--energy": args.energy, "--eta": args.eta, "--log-uniform": args.log_uniform or None, "--n": args.n}
+    if args.like is not None and any(v is not None for v in given.values()):
+        msg = f"{', '.join(k for k, v in given.items() if v is not None)}: not with --like (the showers follow the particles of the --like file)"
+        raise ValueError(msg)
+    particle = args.particle or "photon"
+    energy = parse_span(args.energy or "1:100", "energy")
+    eta = parse_span(args.eta or "0", "eta")
     if isinstance(eta, list):
         if len(eta) != 1:
             msg = f"--eta: expected LOW:HIGH or one value, got {args.eta!r}"
@@ -78,9 +83,6 @@ def _mc(args: argparse.Namespace) -> int:
     if args.like is not None:
         from . import datasets
 
-        if args.n is not None:
-            msg = "--n: not with --like (the showers follow the particles of the --like file)"
-            raise ValueError(msg)
         data = [(c, getattr(part, c)) for part in datasets.iterate(args.like, step_size=100_000) for c in datasets.CONDITION_COLUMNS]
         if not data:  # no chunk at all: an empty file
             msg = f"--like {args.like}: the file holds no showers"
@@ -94,10 +96,10 @@ def _mc(args: argparse.Namespace) -> int:
         raise ValueError(msg)
     elif isinstance(energy, tuple):
         conditions = mc.sample_conditions(
-            args.n, energy=energy, eta=eta, particle=args.particle, log_uniform=args.log_uniform, seed=args.seed
+            args.n, energy=energy, eta=eta, particle=particle, log_uniform=args.log_uniform, seed=args.seed
         )
     else:
-        conditions = mc.sample_conditions(args.n, points=energy, eta=eta, particle=args.particle, seed=args.seed)
+        conditions = mc.sample_conditions(args.n, points=energy, eta=eta, particle=particle, seed=args.seed)
     n = mc.simulate_to_file(
         conditions,
         args.output,
@@ -105,7 +107,7 @@ def _mc(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         chunk_size=args.chunk_size,
         progress=not args.no_progress,
-        metadata={"command": "fastcalo mc " + " ".join(args.argv)},
+        metadata={"command": "fastcalo " + " ".join(args.argv)},  # args.argv starts with "mc"
     )
     log.info("wrote %d showers to %s", n, args.output)
     return 0
@@ -271,12 +273,13 @@ def _parser() -> argparse.ArgumentParser:
         epilog="example: fastcalo mc --particle photon --energy 1:100 --log-uniform --eta -1.5:1.5 "
         "--n 100000 --seed 1 -o reference.h5",
     )
-    p.add_argument("--particle", default="photon", help="photon, electron or positron (default photon)")
+    # the defaults of --particle, --energy and --eta are set in _mc, so that --like can refuse them when given
+    p.add_argument("--particle", default=None, help="photon, electron or positron (default photon)")
     p.add_argument(
-        "--energy", default="1:100", help="GeV: LOW:HIGH range (n in all) or points '1,10,100' (n at each point)"
+        "--energy", default=None, help="GeV: LOW:HIGH range (n in all) or points '1,10,100' (n at each point; default 1:100)"
     )
     p.add_argument("--log-uniform", action="store_true", help="sample the energy range uniformly in log(E)")
-    p.add_argument("--eta", default="0", help="LOW:HIGH (uniform) or one value (default 0)")
+    p.add_argument("--eta", default=None, help="LOW:HIGH (uniform) or one value (default 0)")
     p.add_argument("--n", type=int, default=None, help="showers in all, or per energy point")
     p.add_argument(
         "--like",

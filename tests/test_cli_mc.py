@@ -105,6 +105,10 @@ def test_mc_like_an_empty_shower_file_is_one_line(tmp_path: Path, one_line_error
         pass
     line = one_line_error(["mc", "--like", str(empty), "-o", str(tmp_path / "x.h5"), "--no-progress"])
     assert line == f"fastcalo: error: --like {empty}: the file holds no showers"
+    # what --like decides cannot be asked for as well: refused, never ignored
+    line = one_line_error(["mc", "--like", str(empty), "--particle", "electron", "--energy", "50", "--log-uniform", "-o", str(tmp_path / "x.h5")])
+    assert line == "fastcalo: error: --particle, --energy, --log-uniform: not with --like (the showers follow the particles of the --like file)"
+    assert not (tmp_path / "x.h5").exists()
     assert not (tmp_path / "x.h5").exists()
 
 

@@ -434,6 +434,7 @@ def test_cli_events_simulate_mc_like(tmp_path: Path) -> None:
     generated, mc = datasets.read(showers), datasets.read(reference)
     for column in datasets.CONDITION_COLUMNS:  # HDF5 stores MeV: the GeV round trip costs the last bit
         np.testing.assert_allclose(getattr(mc, column), getattr(generated, column), rtol=1e-15)
+    assert datasets.metadata(reference)["command"] == f"fastcalo mc --like {showers} -o {reference} --seed 2 --no-progress"
     with pytest.raises(SystemExit, match="2"):
         main(["simulate", str(events), "-o", str(tmp_path / "x.root"), "--collection", "Photon", "--branch", "pt"])
 
