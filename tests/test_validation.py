@@ -100,19 +100,21 @@ def test_showers_moved_off_their_impact_point_are_counted_and_drawn(tmp_path: Pa
     # ten generated showers moved by one cell (10 mm) along y (the image's second axis)
     images = other.images.copy()
     images[:10] = np.roll(images[:10], 1, axis=2)
+    images[10:13] = np.roll(images[10:13], 10, axis=2)  # and three by ten cells: far out on the plot's axis
     moved = dataclasses.replace(other, images=images)
     moved_by = observables.displacement(moved)
-    assert np.all(moved_by[:10] > 7.0) and int((moved_by > observables.DISPLACED_MM).sum()) == 10
+    assert np.all(moved_by[:10] > 7.0) and np.all(moved_by[10:13] > 80.0) and int((moved_by > observables.DISPLACED_MM).sum()) == 13
     report = fast_compare(ref, moved, diagnosis=False)
-    assert report.displaced == [(0, 300), (10, 300)]
+    assert report.displaced == [(0, 300), (13, 300)]
     assert report.displacement[1][hist_bin(report.displacement[1], 10.0)].value >= 1
+    assert [h.sum().value for h in report.displacement] == [300, 300]  # every shower on the axis, none in the overflow
     metrics = report.metrics()["displaced"]
     assert metrics["radius_mm"] == observables.DISPLACED_MM
-    assert metrics["generated"] == {"count": 10, "n": 300, "per_10000": pytest.approx(1e4 * 10 / 300)}
+    assert metrics["generated"] == {"count": 13, "n": 300, "per_10000": pytest.approx(1e4 * 13 / 300)}
     out = report.write(tmp_path / "report")
     assert (out / "displacement.png").stat().st_size > 1000
     page = (out / "index.html").read_text()
-    assert "Showers far off the impact point" in page and "<td>10</td><td>300</td>" in page
+    assert "Showers far off the impact point" in page and "<td>13</td><td>300</td>" in page
 
 
 def hist_bin(h, value: float) -> int:

@@ -101,7 +101,7 @@ class Report:
     #: where the samples differ (:func:`fastcalo.validation.diagnosis.diagnose`), with the classifier.
     diagnosis: Diagnosis | None = None
     #: per sample, the distance along y of the centroid from the impact point, mm
-    #: (:func:`fastcalo.validation.observables.displacement`), histogrammed to 60 mm.
+    #: (:func:`fastcalo.validation.observables.displacement`), histogrammed in 1 mm bins out to the image's edge (130 mm: every shower).
     displacement: list[obs.WeightHist] = field(default_factory=list)
     #: per sample, (showers displaced by more than ``obs.DISPLACED_MM``, showers with a centroid).
     displaced: list[tuple[int, int]] = field(default_factory=list)
@@ -826,7 +826,9 @@ def compare(
             timings=timings,
         )
         distances = [obs.displacement(s, detector, feats=f) for s, f in zip(samples, feats)]
-        axis = hist.axis.Regular(60, 0.0, 60.0, label="|centroid y - impact y| [mm]")
+        # to the farthest a centroid can be from the impact point (the image's edge): every shower drawn
+        reach = (detector.n_cells // 2 + 1) * detector.cell_size
+        axis = hist.axis.Regular(int(round(reach)), 0.0, reach, label="|centroid y - impact y| [mm]")
         report.displacement = [hist.Hist(axis, storage=hist.storage.Weight()).fill(d[np.isfinite(d)]) for d in distances]
         report.displaced = [(int((d > obs.DISPLACED_MM).sum()), int(np.isfinite(d).sum())) for d in distances]
     if len(samples) == 1:
