@@ -207,6 +207,11 @@ def test_fpd_kpd_tell_a_shifted_sample() -> None:
     assert kpd(x, shifted)[0] > 0.02
     with pytest.raises(ValueError, match="at least 100 showers per sample, got 50"):
         fpd(x[:50], y)
+    # samples smaller than two batches: the batches are half of them, so they differ and have a spread
+    small, error = kpd(x[:800], shifted[:800])
+    assert small > 0.02 and 0.001 < error < small
+    with pytest.raises(ValueError, match="KPD needs at least 20 showers per sample, got 19"):
+        kpd(x[:19], y)
 
 
 def test_report_physics_distances(samples) -> None:

@@ -158,7 +158,9 @@ def kpd(
     Arguments:
         reference, generated: feature matrices (N, d); the reference's mean and spread
             standardise both.
-        batch_size: rows per batch (at most the smaller sample), drawn without replacement.
+        batch_size: rows per batch, drawn without replacement; at most half the smaller sample,
+            so that batches differ and their spread is an error (batches of a whole sample are
+            the same rows: a spread of 0).
         n_batches: batches; their spread gives the error.
         seed: seed of the batches.
         degree: power of the polynomial kernel.
@@ -167,7 +169,7 @@ def kpd(
         (median, half the interquartile range) over the batches; 0 is ideal, values can be < 0.
 
     Raises:
-        ValueError if a sample has fewer than 10 rows.
+        ValueError if a sample has fewer than 20 rows.
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -180,9 +182,9 @@ def kpd(
         inception distance).
     """
     x, y = _standardise(np.asarray(reference, float), np.asarray(generated, float))
-    n = min(batch_size, len(x), len(y))
+    n = min(batch_size, len(x) // 2, len(y) // 2)
     if n < 10:
-        msg = f"KPD needs at least 10 showers per sample, got {min(len(x), len(y))}"
+        msg = f"KPD needs at least 20 showers per sample, got {min(len(x), len(y))}"
         raise ValueError(msg)
     d = x.shape[1]
     rng = np.random.default_rng(seed)
