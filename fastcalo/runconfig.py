@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .detector import DEFAULT_DETECTOR, Detector
+from .detector import DEFAULT_DETECTOR, PARTICLES, Detector
 from .model import ModelConfig, config_from_dict
 
 __all__ = (
@@ -70,6 +70,7 @@ class DataConfig:
     showers_per_condition: int = 1
 
     def __post_init__(self) -> None:
+        _check_particles("data", self.particles)
         k = self.showers_per_condition
         if not isinstance(k, int) or isinstance(k, bool) or k < 1 or self.n_per_particle % k:
             msg = f"data.showers_per_condition must be an integer >= 1 that divides n_per_particle ({self.n_per_particle}), got {k!r}"
@@ -101,6 +102,13 @@ class DataConfig:
         return {key: np.repeat(np.concatenate([p[key] for p in parts]), repeat) for key in parts[0]}
 
 
+def _check_particles(table: str, particles: object) -> None:
+    """A table's ``particles``: a non-empty list of names fastcalo simulates."""
+    if isinstance(particles, str) or not isinstance(particles, (list, tuple)) or not particles or any(p not in PARTICLES for p in particles):
+        msg = f"{table}.particles must be a non-empty list of {list(PARTICLES)}, e.g. [\"photon\"], got {particles!r}"
+        raise ValueError(msg)
+
+
 @dataclasses.dataclass(frozen=True)
 class MonitorConfig:
     """Held-out reference-MC showers the run is evaluated on (never trained on).
@@ -119,6 +127,9 @@ class MonitorConfig:
     n_per_point: int = 1000
     eta: tuple[float, float] = (-1.5, 1.5)
     seed: int = 1000
+
+    def __post_init__(self) -> None:
+        _check_particles("monitor", self.particles)
 
     def conditions(self, detector: Detector = DEFAULT_DETECTOR) -> dict[str, np.ndarray]:
         """The condition columns of every shower, particle by particle (as :meth:`DataConfig.conditions`)."""
@@ -208,10 +219,15 @@ class TrainConfig:
         if self.loss not in ("wgan-gp", "bce"):
             msg = f"train.loss must be 'wgan-gp' or 'bce', got {self.loss!r}"
             raise ValueError(msg)
-        for name in ("steps", "batch_size", "n_critic", "eval_every"):
+        for name in ("steps", "batch_size", "n_critic", "eval_every", "energy_batch"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 msg = f"train.{name} must be a positive integer, got {value!r}"
+                raise ValueError(msg)
+        for name in ("lr", "energy_lr"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
+                msg = f"train.{name} must be a learning rate > 0, got {value!r}"
                 raise ValueError(msg)
         object.__setattr__(self, "betas", tuple(self.betas))
         if not 0.0 <= self.ema_decay < 1.0 or not isinstance(self.ema_start, int) or self.ema_start < 0:
@@ -243,6 +259,15 @@ class RunConfig:
     data_dir: str = "data"
 
     def __post_init__(self) -> None:
+        data = range(self.data.seed, self.data.seed + len(self.data.particles))
+        monitor = range(self.monitor.seed, self.monitor.seed + len(self.monitor.particles))
+        if set(data) & set(monitor):  # the k-th particle's conditions take seed + k, the MC its table's seed
+            msg = (
+                f"monitor.seed = {self.monitor.seed} must keep the monitor's seeds ({monitor.start}..{monitor.stop - 1}) apart from "
+                f"the training data's ({data.start}..{data.stop - 1}, data.seed = {self.data.seed}): the held-out showers would "
+                "share the training showers' random numbers"
+            )
+            raise ValueError(msg)
         group = self.data.showers_per_condition
         if group > 1 and (self.model.critic_minibatch_std != group or self.train.batch_size % group):
             msg = (

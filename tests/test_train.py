@@ -97,6 +97,18 @@ def test_load_config_rejects_what_it_does_not_know(tmp_path: Path) -> None:
         load_config(bad)
     with pytest.raises(ValueError, match="train.loss must be 'wgan-gp' or 'bce', got 'mse'"):
         load_config(None, train={"loss": "mse"})
+    # values of the right kind only: refused on loading, not hours later (or never)
+    refused = {
+        r"monitor.seed = 2 must keep the monitor's seeds \(2..2\) apart from the training data's \(1..3": {"monitor": {"seed": 2}},
+        r"data.particles must be a non-empty list of \['photon', 'electron', 'positron'\].*got 'photon'": {"data": {"particles": "photon"}},
+        r"monitor.particles must be .* got \('muon',\)": {"monitor": {"particles": ["muon"]}},
+        "train.batch_size must be a positive integer, got True": {"train": {"batch_size": True}},
+        r"train.lr must be a learning rate > 0, got -1.0": {"train": {"lr": -1.0}},
+    }
+    for match, overrides in refused.items():
+        with pytest.raises(ValueError, match=match):
+            load_config(None, **overrides)
+    assert load_config(None, monitor={"seed": 4}).monitor.seed == 4  # next to the data's 1..3: apart
 
 
 def test_the_run_config_is_importable_from_train_and_takes_data_dir(tmp_path: Path) -> None:
