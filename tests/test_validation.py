@@ -346,6 +346,17 @@ def test_response_checks_fail_where_the_generated_showers_are_empty(samples) -> 
     assert summary["response_mean"].value == pytest.approx(1.0)
 
 
+def test_a_sample_too_small_for_fpd_still_gets_its_report(tmp_path: Path, samples) -> None:
+    ref, other = (dataclasses.replace(s, **{c: getattr(s, c)[::5] for c in ("energy", "eta", "phi", "pdgid", "impact_x", "impact_y", "images")}) for s in samples)
+    report = fast_compare(ref, other, diagnosis=False)  # 60 showers each: FPD extrapolates from 100 or more
+    summary = {c.name: c for c in report.summary()}
+    assert not summary["fpd"].passed and not summary["kpd"].passed and np.isnan(summary["fpd"].value)
+    assert summary["response_mean"].passed and set(observables.FEATURES) < set(report.separation_power)  # and the cell spectrum
+    out = report.write(tmp_path / "report")
+    assert np.isnan(json.loads((out / "metrics.json").read_text())["physics_distances"]["fpd"]["value"])
+    assert "<td>FPD (high-level features)</td><td>n/a ± n/a</td>" in (out / "index.html").read_text()
+
+
 def test_check_verdict_with_errors() -> None:
     from fastcalo.validation import Check
 

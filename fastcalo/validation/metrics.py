@@ -99,6 +99,10 @@ def frechet_distance(x: NDArray[np.float64], y: NDArray[np.float64]) -> float:
     return float(diff @ diff + np.trace(cx) + np.trace(cy) - 2.0 * np.sum(np.sqrt(np.clip(middle, 0.0, None))))
 
 
+#: The fewest showers per sample :func:`fpd` extrapolates from (its subsamples go down to a quarter).
+FPD_MIN_SHOWERS = 100
+
+
 def fpd(reference: ArrayLike, generated: ArrayLike, *, n_points: int = 8, repeats: int = 3, seed: int = 0) -> tuple[float, float]:
     """Fréchet physics distance (arXiv:2211.10295): the Fréchet distance of the standardised
     features, extrapolated to infinite sample size by a straight-line fit in 1/N over subsamples
@@ -128,8 +132,8 @@ def fpd(reference: ArrayLike, generated: ArrayLike, *, n_points: int = 8, repeat
     """
     x, y = _standardise(np.asarray(reference, float), np.asarray(generated, float))
     n_max = min(len(x), len(y))
-    if n_max < 100:
-        msg = f"FPD needs at least 100 showers per sample, got {n_max}"
+    if n_max < FPD_MIN_SHOWERS:
+        msg = f"FPD needs at least {FPD_MIN_SHOWERS} showers per sample, got {n_max}"
         raise ValueError(msg)
     rng = np.random.default_rng(seed)
     sizes = np.linspace(n_max // 4, n_max, n_points).astype(int)

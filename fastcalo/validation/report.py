@@ -42,7 +42,7 @@ from . import _inputs
 from . import observables as obs
 from .classifier import ClassifierResult, classifier_auc
 from .diagnosis import VIEWS, TOLD_APART, Diagnosis, diagnose
-from .metrics import diversity, fpd, kpd, separation_power, wasserstein_1
+from .metrics import FPD_MIN_SHOWERS, diversity, fpd, kpd, separation_power, wasserstein_1
 from .thresholds import Check, Thresholds
 
 __all__ = ("REPORT_FORMAT", "EnergyPointMetrics", "Report", "check_report_directory", "compare", "per_energy", "report_directory_problem")
@@ -452,7 +452,7 @@ class Report:
             for k, v in self.separation_power.items()
         )
         auc = "".join(
-            f"<tr><td>{k.upper()} (high-level features)</td><td>{v:.4g} ± {e:.2g}</td><td></td></tr>"
+            f"<tr><td>{k.upper()} (high-level features)</td><td>{_number(v, '.4g')} ± {_number(e, '.2g')}</td><td></td></tr>"
             for k, (v, e) in self.physics_distances.items()
         ) + "".join(
             f"<tr><td>{html.escape(r.inputs)}-level</td><td>{r.auc:.3f} ± {r.auc_std:.3f}</td><td>{len(r.aucs)}</td></tr>"
@@ -851,7 +851,10 @@ def compare(
         report.per_energy = per_energy(feats[0], feats[1], samples[0].energy, samples[1].energy, groups, progress=progress)
     matrices = [np.column_stack([f[name] for name in obs.FEATURES] + [np.log10(s.energy)]) for f, s in zip(feats, samples)]
     with _timed(timings, "fpd_kpd"):
-        report.physics_distances = {"fpd": fpd(*matrices), "kpd": kpd(*matrices)}
+        if min(len(m) for m in matrices) >= FPD_MIN_SHOWERS:
+            report.physics_distances = {"fpd": fpd(*matrices), "kpd": kpd(*matrices)}
+        else:  # too few to extrapolate: n/a on the page, and the summary fails them; the rest of the report stands
+            report.physics_distances = {"fpd": (math.nan, math.nan), "kpd": (math.nan, math.nan)}
     with _timed(timings, "diversity"):
         report.diversity = diversity(*matrices, k=k)
     if classifier:
