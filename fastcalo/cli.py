@@ -83,6 +83,7 @@ def _mc(args: argparse.Namespace) -> int:
     if args.like is not None:
         from . import datasets
 
+        datasets.check_not_input(args.output, args.like)
         data = [(c, getattr(part, c)) for part in datasets.iterate(args.like, step_size=100_000) for c in datasets.CONDITION_COLUMNS]
         if not data:  # no chunk at all: an empty file
             msg = f"--like {args.like}: the file holds no showers"

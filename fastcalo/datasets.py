@@ -453,6 +453,28 @@ def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Ite
             tmp.unlink()
 
 
+def check_not_input(output: str | os.PathLike[str], source: str | os.PathLike[str]) -> None:
+    """Refuse an ``output`` that is the file ``source`` a command reads (however written: relative,
+    absolute, through a link): with ``--overwrite`` it would replace its own input.
+
+    Raises:
+        ValueError: they are the same file.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> showers = pathlib.Path(tempfile.mkdtemp()) / "showers.h5"
+        >>> _ = showers.write_bytes(b"")
+        >>> check_not_input(showers.parent / "." / "showers.h5", showers)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: .../showers.h5 is the input .../showers.h5 itself: writing it would replace the file being read; choose another output
+    """
+    out, src = Path(output), Path(source)
+    if out.exists() and src.exists() and os.path.samefile(out, src):
+        msg = f"{out} is the input {src} itself: writing it would replace the file being read; choose another output"
+        raise ValueError(msg)
+
+
 def replaceable(path: str | os.PathLike[str], *, overwrite: bool) -> None:
     """Refuse a shower output that exists, unless ``overwrite`` and fastcalo wrote it.
 

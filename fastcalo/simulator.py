@@ -334,6 +334,7 @@ class Simulator:
             msg = f"step_size must be > 0, got {step_size}"
             raise ValueError(msg)
         name = collection or "particles"
+        datasets.check_not_input(output, input)
         if copy_branches and datasets.file_kind(output) != "root":
             msg = f"{output}: copying input branches needs ROOT output (.root), not HDF5"
             raise ValueError(msg)
@@ -398,7 +399,8 @@ class Simulator:
         Raises:
             FileExistsError: ``output`` exists and ``overwrite`` is False, or it is not a shower
                 file of fastcalo.
-            ValueError: a bad reference file, or particles the policy refuses.
+            ValueError: a bad reference file, particles the policy refuses, or ``output`` is
+                ``reference`` itself.
 
         Example:
             >>> import tempfile, pathlib, fastcalo
@@ -412,6 +414,7 @@ class Simulator:
         """
         from . import datasets
 
+        datasets.check_not_input(output, reference)
         meta = {
             "generator": "fastcalo.Simulator",
             "model": self._origin if isinstance(self._origin, str) else "<in memory>",

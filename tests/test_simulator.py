@@ -426,7 +426,7 @@ def test_cli_simulate_with_local_cluster(nano: Path, tmp_path: Path) -> None:
     assert tree.num_entries == 0 and {"nPhoton", "Photon_energy", "Photon_hit_energy"} <= set(tree.keys())
 
 
-def test_cli_events_simulate_mc_like(tmp_path: Path) -> None:
+def test_cli_events_simulate_mc_like(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     events, showers, reference = tmp_path / "events.root", tmp_path / "showers.root", tmp_path / "reference.h5"
     assert main(["events", "-o", str(events), "--n-events", "20", "--seed", "3"]) == 0
     assert main(["simulate", str(events), "-o", str(showers), "--collection", "Photon", "--no-progress"]) == 0
@@ -435,6 +435,13 @@ def test_cli_events_simulate_mc_like(tmp_path: Path) -> None:
     for column in datasets.CONDITION_COLUMNS:  # HDF5 stores MeV: the GeV round trip costs the last bit
         np.testing.assert_allclose(getattr(mc, column), getattr(generated, column), rtol=1e-15)
     assert datasets.metadata(reference)["command"] == f"fastcalo mc --like {showers} -o {reference} --seed 2 --no-progress"
+    before = reference.read_bytes()  # a --like file is never the output, --overwrite or not
+    for argv in (["mc", "--like", str(reference), "-o", str(tmp_path / "." / reference.name), "--overwrite"],
+                 ["simulate", "--like", str(reference), "-o", str(reference), "--overwrite"]):  # fmt: skip
+        with pytest.raises(SystemExit, match="2"):
+            main([*argv, "--no-progress"])
+        assert f"is the input {reference} itself: writing it would replace the file being read" in capsys.readouterr().err
+    assert reference.read_bytes() == before
     with pytest.raises(SystemExit, match="2"):
         main(["simulate", str(events), "-o", str(tmp_path / "x.root"), "--collection", "Photon", "--branch", "pt"])
 
