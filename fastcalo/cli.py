@@ -179,7 +179,7 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.like is not None:
         others = [
             name
-            for name in ("tree", "collection", "branch", "particle", "copy_branches", "workers", "scheduler", "cells", "compression")
+            for name in ("tree", "collection", "preset", "branch", "particle", "copy_branches", "workers", "scheduler", "cells", "compression")
             if getattr(args, name) is not None
         ]
         if others:
@@ -195,7 +195,7 @@ def _simulate(args: argparse.Namespace) -> int:
             args.output,
             tree=args.tree,
             collection=args.collection,
-            preset=args.preset,
+            preset=args.preset or "auto",
             branches=branches,
             particle=args.particle,
             step_size=args.step_size,
@@ -319,7 +319,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--collection", default=None, help="particle collection, e.g. Photon, Electron, GenPart")
     # the choices below spell out particles.PRESETS, engine.DTYPES and engine.OUT_OF_RANGE, so that
     # the parser needs neither awkward nor torch (seconds of start-up); a test holds them equal
-    p.add_argument("--preset", default="auto", choices=("auto", "nanoaod", "delphes", "flat"), help="input layout (default auto)")
+    p.add_argument("--preset", default=None, choices=("auto", "nanoaod", "delphes", "flat"), help="input layout (default auto)")
     p.add_argument(
         "--branch", action="append", default=None, metavar="FIELD=BRANCH", help="explicit branch mapping, repeatable"
     )

@@ -466,6 +466,7 @@ def test_simulate_like_a_shower_file_is_the_simulator(tmp_path: Path, capsys: py
     assert datasets.metadata(generated)["like"] == str(reference)
     for wrong in (["simulate", "--like", str(reference), str(reference), "-o", str(tmp_path / "x.h5")],
                   ["simulate", "--like", str(reference), "--collection", "Photon", "-o", str(tmp_path / "x.h5")],
+                  ["simulate", "--like", str(reference), "--preset", "nanoaod", "-o", str(tmp_path / "x.h5")],
                   ["simulate", "-o", str(tmp_path / "x.h5")]):  # fmt: skip
         with pytest.raises(SystemExit, match="2"):
             main(wrong)
