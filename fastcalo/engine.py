@@ -435,8 +435,9 @@ class Engine:
 
         Returns:
             A :class:`fastcalo.datasets.ShowerData`: the energy and eta simulated at (clipped under
-            ``out_of_range="clip"``; a particle skipped under ``"skip"`` keeps its own), phi and pdgid as given, the impact points used (mm) and the
-            images (N, 24, 24) float32 in GeV (all zero for particles skipped by the policy).
+            ``out_of_range="clip"``; a particle skipped under ``"skip"`` keeps its own), phi and
+            pdgid as given, the impact points used (mm) and the images (N, 24, 24) float32 in GeV
+            (all zero for particles skipped by the policy).
 
         Raises:
             ValueError: non-finite kinematics, energies <= 0, impact points outside the central

@@ -980,9 +980,9 @@ def save(
     and detector), which the weights file's header holds too: a model.json edited after saving
     no longer loads.
 
-    With ``overwrite`` an existing ``directory`` is replaced only if it is a model directory that
-    fastcalo wrote (model.json, model.safetensors, train.toml and nothing else, its model.json of this format) or
-    empty; anything else is left as it is.
+    With ``overwrite`` an existing ``directory`` is replaced only if it is empty or a model
+    directory that fastcalo wrote (model.json of this format, model.safetensors, train.toml and
+    nothing else); anything else is left as it is.
 
     Raises:
         FileExistsError: ``directory`` exists and ``overwrite`` is False, or it is not a model
@@ -1051,7 +1051,7 @@ _MODEL_FILES = ("model.json", "model.safetensors", "train.toml")
 
 def _check_replaceable(target: Path) -> None:
     """Refuse to replace ``target`` unless it is an empty directory or a model directory of
-    fastcalo: only model.json, model.safetensors and train.toml, model.json among them and of this format."""
+    fastcalo: model.json of this format, model.safetensors and train.toml, nothing else."""
     if target.is_symlink() or not target.is_dir():
         problem = "it is a symbolic link" if target.is_symlink() else "it is not a directory"
     else:
