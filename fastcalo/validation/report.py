@@ -138,8 +138,8 @@ class Report:
             checks.append(Check("wasserstein", description, self.wasserstein_scaled[worst], high=t.wasserstein_max, detail=worst))
         pairs = _matched_response(*self.response) if len(self.response) == 2 else []
         for name, description, bound, of in (
-            ("response_mean", "largest |mean response ratio − 1|", t.response_mean_max, ("mean", "mean_error")),
-            ("resolution", "largest |core resolution ratio − 1|", t.resolution_max, ("core_resolution", "core_resolution_error")),
+            ("response_mean", "|mean response ratio − 1| at the worst energy point (in errors)", t.response_mean_max, ("mean", "mean_error")),
+            ("resolution", "|core resolution ratio − 1| at the worst energy point (in errors)", t.resolution_max, ("core_resolution", "core_resolution_error")),
         ):
             rows = []
             for ref, gen in pairs:
