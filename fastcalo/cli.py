@@ -483,14 +483,14 @@ def _validate(args: argparse.Namespace) -> int:
     )
     path = report.write(args.output, overwrite=args.overwrite, keep=inputs, progress=not args.no_progress)
     checks = report.summary()
+    failed = [c.name for c in checks if not c.passed]
     if checks:
-        failed = [c.name for c in checks if not c.passed]
         log.info("%d of %d checks pass%s", len(checks) - len(failed), len(checks), f"; failed: {', '.join(failed)}" if failed else "")
     if len(report.displaced) == 2:
         (a, n_a), (b, n_b) = report.displaced
         log.info("showers far off the impact point (centroid beyond %g mm along y): reference %d of %d, generated %d of %d", DISPLACED_MM, a, n_a, b, n_b)
     log.info("wrote the report to %s (open %s)", path, path / "index.html")
-    return 0
+    return 1 if args.strict and failed else 0
 
 
 def _validate_parser() -> argparse.ArgumentParser:
@@ -509,6 +509,7 @@ def _validate_parser() -> argparse.ArgumentParser:
         help="replace an existing report directory; only a fastcalo report is replaced, never the current directory or one holding an input",
     )
     parser.add_argument("--max-showers", type=int, default=None, help="read at most this many showers per file")
+    parser.add_argument("--strict", action="store_true", help="exit with status 1 when a check fails (the report is written all the same): a gate for CI")
     parser.add_argument("--no-classifier", action="store_true", help="skip the classifiers: the AUC and the 'Where it fails' diagnosis (the slowest steps)")
     parser.add_argument(
         "--thresholds", type=Path, default=None, help="TOML file overriding pass/fail thresholds (docs/validation.md)"

@@ -154,6 +154,12 @@ def test_report_files_and_cli(tmp_path: Path, samples, capsys: pytest.CaptureFix
     strict = json.loads((tmp_path / "fast" / "metrics.json").read_text())
     assert strict["thresholds"]["fpd_max"] == -1.0 and strict["thresholds"]["auc_low_max"] == 0.6
     assert [c["passed"] for c in strict["summary"] if c["name"] == "fpd"] == [False]
+    # --strict: a failed check is exit status 1 (a gate for CI), the report written all the same
+    assert validate_main([*args, "--no-classifier", "--no-progress", "--thresholds", str(tmp_path / "strict.toml"), "--overwrite", "--strict"]) == 1
+    assert json.loads((tmp_path / "fast" / "metrics.json").read_text())["failed"] >= 1
+    (tmp_path / "loose.toml").write_text("separation_power_max = 0.2\nwasserstein_max = 0.3\n")  # MC against MC, 300 showers
+    assert validate_main([*args, "--no-classifier", "--no-progress", "--thresholds", str(tmp_path / "loose.toml"), "--overwrite", "--strict"]) == 0
+    assert json.loads((tmp_path / "fast" / "metrics.json").read_text())["failed"] == 0
     (tmp_path / "bad.toml").write_text("fdp_max = 0.1\n")
     with pytest.raises(SystemExit) as info:
         validate_main([*args, "--thresholds", str(tmp_path / "bad.toml"), "--overwrite"])
