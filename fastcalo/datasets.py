@@ -61,7 +61,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from ._names import near_misses
-from .detector import DEFAULT_DETECTOR, PARTICLES, Detector
+from .detector import DEFAULT_DETECTOR, PARTICLES, Detector, as_pdgids
 
 if TYPE_CHECKING:
     # uproot, awkward and h5py ship no type information: to mypy their objects (files, trees,
@@ -211,7 +211,7 @@ class ShowerData:
             energy=_column(source, "energy", columns["energy"], np.float64, n),
             eta=_column(source, "eta", columns["eta"], np.float64, n),
             phi=_column(source, "phi", columns["phi"], np.float64, n),
-            pdgid=_column(source, "pdgid", columns["pdgid"], np.int32, n),
+            pdgid=_column(source, "pdgid", _pdgids(source, columns["pdgid"]), np.int32, n),
             impact_x=_column(source, "impact_x", columns["impact_x"], np.float64, n),
             impact_y=_column(source, "impact_y", columns["impact_y"], np.float64, n),
             images=images,
@@ -254,6 +254,16 @@ class ShowerData:
             msg = "concatenate needs at least one dataset"
             raise ValueError(msg)
         return ShowerData(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(ShowerData)})
+
+
+def _pdgids(source: str, values: ArrayLike) -> NDArray[np.int32]:
+    """PDG ids checked before the int32 cast (:func:`fastcalo.detector.as_pdgids`: 22.7 or 2**32 + 22
+    are errors, never truncated or wrapped), the error naming the file."""
+    try:
+        return as_pdgids(values)
+    except (ValueError, OverflowError) as err:
+        msg = f"{source}: column 'pdgid': {err}" if source else f"column 'pdgid': {err}"
+        raise ValueError(msg) from None
 
 
 def _column(source: str, name: str, values: ArrayLike, dtype: type[_Scalar], n: int) -> NDArray[_Scalar]:
@@ -1088,8 +1098,15 @@ def _open_hdf5(path: Path) -> tuple[h5py.File, int, float]:
         msg = f"{path}: 'incident_energies' must have shape (N, 1) = ({n}, 1), got {f['incident_energies'].shape}"
         f.close()
         raise ValueError(msg)
+    lengths = {c: f[c].shape for c in CONDITION_COLUMNS if c != "energy" and f[c].shape != (n,)}
+    if lengths:  # read chunk by chunk, a longer column would be cut silently, its rows out of step
+        msg = f"{path}: every column must have one entry per shower, shape ({n},) as 'showers' has {n} rows; got {lengths}"
+        f.close()
+        raise ValueError(msg)
     scale = 1e-3  # CaloChallenge files are in MeV
     units = f.attrs.get("units")
+    if isinstance(units, (bytes, np.bytes_)):  # a fixed-length string attribute (C++ HDF5, np.bytes_)
+        units = units.decode()
     if units is not None:
         declared = json.loads(units) if str(units).startswith("{") else {"images": str(units)}
         if declared.get("images", "MeV") != "MeV" or declared.get("energy", "MeV") != "MeV":
@@ -1226,7 +1243,7 @@ def iterate(
         path: a .root, .h5 or .hdf5 shower file, flat or by event (see the module docstring).
         step_size: the most showers in one chunk.
         detector: checks the number of cells (None skips the check).
-        entry_start, entry_stop: the range of showers to read (None: to the end).
+        entry_start, entry_stop: the range of showers to read, counted from 0 (None: to the end).
 
     Returns:
         An iterator over :class:`ShowerData` chunks, in GeV whatever the file's unit.
@@ -1250,6 +1267,9 @@ def iterate(
         raise FileNotFoundError(msg)
     if step_size <= 0:
         msg = f"step_size must be > 0, got {step_size}"
+        raise ValueError(msg)
+    if entry_start < 0 or (entry_stop is not None and entry_stop < 0):
+        msg = f"entry_start and entry_stop count showers from the start of the file (>= 0), got {entry_start} and {entry_stop}"
         raise ValueError(msg)
     kind = file_kind(path)
     source = str(path)
@@ -1314,8 +1334,8 @@ def metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
                 text = value.decode() if isinstance(value, bytes) else value
                 if isinstance(text, str) and text[:1] in "{[":
                     text = json.loads(text)
-                elif hasattr(text, "item"):
-                    text = text.item()
+                elif hasattr(text, "tolist"):  # a numpy scalar, or an array attribute: plain JSON values
+                    text = text.tolist()
                 out[key] = text
             return out
     import uproot

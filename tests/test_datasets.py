@@ -202,6 +202,8 @@ def test_declared_units_checked(tmp_path: Path) -> None:
         ({"pdgid": [22, 13]}, "unknown pdgid\\(s\\) \\[13\\]"),
         ({"images": np.ones((2, 575))}, "575 cells are not square"),
         ({"eta": [0.0]}, "column 'eta' has 1 entries but there are 2 images"),
+        ({"pdgid": [22.0, 22.7]}, "column 'pdgid': PDG ids must be integers .* the first 22.7"),  # never truncated to 22
+        ({"pdgid": [22, 2**32 + 22]}, "column 'pdgid': PDG ids must lie in the int32 range"),  # never wrapped to 22
     ],
 )
 def test_bad_arrays(change: dict, message: str) -> None:
@@ -212,6 +214,37 @@ def test_bad_arrays(change: dict, message: str) -> None:
     columns.update(change)
     with pytest.raises(ValueError, match=message):
         ds.ShowerData.from_arrays(**columns)
+
+
+def test_hdf5_files_of_other_tools_are_read_or_refused_clearly(tmp_path: Path) -> None:
+    path = tmp_path / "other.h5"
+    ds.write(_data(5), path)
+    with h5py.File(path, "a") as f:  # a fixed-length string and an array, as C++ HDF5 or np.bytes_ write them
+        f.attrs["units"] = np.bytes_(b"MeV")
+        f.attrs["energy_points_gev"] = np.array([1.0, 10.0, 100.0])
+    np.testing.assert_allclose(ds.read(path).energy, _data(5).energy, rtol=1e-15)  # MeV in the file: the last bit
+    assert ds.metadata(path)["energy_points_gev"] == [1.0, 10.0, 100.0]
+    with h5py.File(path, "a") as f:  # a column longer than the showers: rows out of step, never cut silently
+        del f["eta"]
+        f["eta"] = np.linspace(-1.0, 1.0, 7)
+    with pytest.raises(ValueError, match=r"other.h5: every column must have one entry per shower, shape \(5,\) .* \{'eta': \(7,\)\}"):
+        ds.read(path)
+    with h5py.File(path, "a") as f:
+        del f["eta"]
+        f["eta"] = np.zeros(5)
+        del f["pdgid"]
+        f["pdgid"] = np.array([22.0, 22.7, 11.0, 11.0, 22.0])  # float ids, one not an integer
+    with pytest.raises(ValueError, match=r"other.h5\[0:5\]: column 'pdgid': PDG ids must be integers"):
+        ds.read(path)
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".root"])
+def test_entry_ranges_count_from_zero(tmp_path: Path, suffix: str) -> None:
+    path = ds.write(_data(10), tmp_path / f"n{suffix}")
+    assert len(ds.read(path, entry_start=3, step_size=2)) == 7
+    for bad in ({"entry_start": -3}, {"entry_stop": -2}):  # was: 11 showers of a 10-shower file (slices [-3:-1], [-1:1], ...)
+        with pytest.raises(ValueError, match="entry_start and entry_stop count showers from the start of the file"):
+            ds.read(path, step_size=2, **bad)
 
 
 def test_missing_column() -> None:
