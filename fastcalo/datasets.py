@@ -1290,7 +1290,14 @@ def iterate(
     else:
         f, tree, n = _open_root(path)
         with f:
-            width = tree["image"].interpretation.inner_shape
+            width = getattr(getattr(tree["image"], "interpretation", None), "inner_shape", None)
+            if width is None:  # an RNTuple (uproot's default for a new tree), or a jagged vector<float>
+                found = "an RNTuple" if "RNTuple" in type(tree).__name__ else "a TTree whose 'image' is of variable length"
+                msg = (
+                    f"{path}: a flat shower file needs a TTree with a fixed-size 'image' branch (float32[{DEFAULT_DETECTOR.n_cells ** 2}], "
+                    f"as fastcalo writes); found {found}"
+                )
+                raise ValueError(msg)
             _check_cells(path, int(np.prod(width)) if width else 0, detector)
             stop = n if entry_stop is None else min(entry_stop, n)
             for start in range(entry_start, stop, step_size):

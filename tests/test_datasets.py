@@ -238,6 +238,19 @@ def test_hdf5_files_of_other_tools_are_read_or_refused_clearly(tmp_path: Path) -
         ds.read(path)
 
 
+def test_flat_root_files_of_another_shape_are_refused_clearly(tmp_path: Path) -> None:
+    n = 3
+    columns = {"incident_energy": np.full(n, 10.0), "eta": np.zeros(n), "phi": np.zeros(n), "pdgid": np.full(n, 22, np.int32),
+               "impact_x": np.full(n, 5.0), "impact_y": np.full(n, 5.0)}  # fmt: skip
+    with uproot.recreate(tmp_path / "rntuple.root") as f:  # uproot's default for a new tree: an RNTuple
+        f["showers"] = {**columns, "image": np.zeros((n, 576), np.float32)}
+    with uproot.recreate(tmp_path / "jagged.root") as f:  # vector<float> images
+        f.mktree("showers", {**{k: v.dtype for k, v in columns.items()}, "image": "var * float32"}).extend({**columns, "image": ak.Array([[0.0] * 576] * n)})
+    for name, found in (("rntuple", "an RNTuple"), ("jagged", "a TTree whose 'image' is of variable length")):
+        with pytest.raises(ValueError, match=f"{name}.root: a flat shower file needs a TTree with a fixed-size 'image' branch .*; found {found}"):
+            ds.read(tmp_path / f"{name}.root")
+
+
 @pytest.mark.parametrize("suffix", [".h5", ".root"])
 def test_entry_ranges_count_from_zero(tmp_path: Path, suffix: str) -> None:
     path = ds.write(_data(10), tmp_path / f"n{suffix}")
