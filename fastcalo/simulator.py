@@ -114,8 +114,9 @@ class Simulator:
             msg = f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}"
             raise ValueError(msg)
         seed = check_seed(seed)  # before loading a model
-        self.device = choose_device(device)
-        self.dtype = dtype
+        peer = isinstance(model, str) and model == GFLASH  # numba on the CPU, in float64, whatever is asked
+        self.device = torch.device("cpu") if peer else choose_device(device)
+        self.dtype = "float32" if peer else dtype
         #: torch CPU threads to set in dask workers before simulating (None: leave as is).
         self.threads: int | None = None
         # where the model comes from: a directory (resolved path) or the model itself
@@ -124,7 +125,7 @@ class Simulator:
         if isinstance(model, ShowerModel):
             self._origin = model
             placed = _placed(model, self.device, dtype)
-        elif isinstance(model, str) and model == GFLASH:
+        elif peer:
             self._origin = GFLASH
             self.engine = GFlashEngine(seed=seed, batch_size=batch_size, out_of_range=out_of_range)
             return

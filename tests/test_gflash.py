@@ -113,6 +113,10 @@ def test_same_seed_same_showers_at_any_batch_size() -> None:
     np.testing.assert_array_equal(one[10:], tail)
     other = fastcalo.Simulator(model="gflash", seed=6).sample(energy=energy, eta=0.7, particle="electron")
     assert not np.array_equal(one, other)
+    # the peer runs on the CPU whatever device and dtype say (CUDA need not exist), and says so
+    anywhere = fastcalo.Simulator(model="gflash", seed=5, device="cuda", dtype="float16")
+    assert (str(anywhere.device), anywhere.dtype) == ("cpu", "float32")
+    np.testing.assert_array_equal(anywhere.sample(energy=energy, eta=0.7, particle="electron"), one)
 
 
 def test_simulator_applies_the_out_of_range_policy() -> None:
