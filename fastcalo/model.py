@@ -780,6 +780,9 @@ class ShowerModel(nn.Module):
         self.energy: EnergyModel | EnergyGenerator = EnergyModel(config, n_c) if config.energy == "model" else EnergyGenerator(config, n_c)
         self.generator = Generator(config, n_c, detector.n_cells)
         self.critic = Critic(config, n_c, detector.n_cells, self.preprocessing)
+        #: False for a model loaded from a directory saved without its critic
+        #: (``save(..., critic=False)``): its critic has no trained weights and refuses to run
+        self.has_critic = True
 
     def cells(
         self,
@@ -971,6 +974,7 @@ def save(
     *,
     training: dict[str, Any] | None = None,
     overwrite: bool = False,
+    critic: bool = True,
 ) -> Path:
     """Write ``model.safetensors`` and ``model.json`` into ``directory`` (created atomically).
 
@@ -983,6 +987,17 @@ def save(
     With ``overwrite`` an existing ``directory`` is replaced only if it is empty or a model
     directory that fastcalo wrote (model.json of this format, model.safetensors, train.toml and
     nothing else); anything else is left as it is.
+
+    With ``critic=False`` the critic's weights are left out: the model generates exactly as
+    before, in a smaller file (the critic serves only training), and the loaded model's critic
+    refuses to run. A model loaded without its critic is saved without it, whatever ``critic`` says.
+
+        >>> import tempfile
+        >>> model = ShowerModel(ModelConfig(latent_dim=4, generator_hidden=(16,), critic_hidden=(16,)))
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     light = load(save(model, Path(tmp) / "m", critic=False))
+        >>> light.has_critic, light.metadata["critic"]
+        (False, False)
 
     Raises:
         FileExistsError: ``directory`` exists and ``overwrite`` is False, or it is not a model
@@ -1022,7 +1037,8 @@ def save(
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a model directory is as shareable as any other
     try:
         weights = tmp / "model.safetensors"
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        with_critic = critic and model.has_critic
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if with_critic or not k.startswith(_CRITIC)}
         save_file(state, str(weights), metadata={_PHYSICS_HEADER: digest})
         weights.chmod(0o666 & ~umask)
         meta = {
@@ -1031,6 +1047,7 @@ def save(
             "fastcalo_version": __version__,
             **physics,
             "physics_sha256": digest,
+            "critic": with_critic,
             "training": training or {},
             "weights_sha256": file_sha256(weights),
         }
@@ -1042,6 +1059,15 @@ def save(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+#: The prefix of the critic's tensors in a model's state dict (left out by ``save(..., critic=False)``).
+_CRITIC = "critic."
+
+
+def _no_critic(module: nn.Module, args: Any) -> None:
+    msg = "this model was saved without its critic (save(..., critic=False)): it generates showers, but its critic has no trained weights to run"
+    raise RuntimeError(msg)
 
 
 #: What a model directory of fastcalo holds: the weights, their JSON record and, for an exported
@@ -1081,7 +1107,8 @@ def load(directory: str | os.PathLike[str], *, detector: Detector | None = None)
     :func:`physics_sha256` equals the digest in the weights file's header, or, for the shipped
     model saved before that header existed, the digest this package knows for those weights).
     Other models saved before fastcalo wrote that header have no digest to check against: they
-    get every other check (save them again to bind their model.json to their weights).
+    get every other check (save them again to bind their model.json to their weights). A model
+    saved without its critic (model.json's ``"critic": false``) loads with ``has_critic`` False.
 
     Raises :class:`ModelFileError` with what was expected and what was found.
     """
@@ -1138,12 +1165,19 @@ def load(directory: str | os.PathLike[str], *, detector: Detector | None = None)
     except SafetensorError as err:
         msg = f"{weights}: not a readable safetensors file ({err})"
         raise ModelFileError(msg) from err
-    expected = model.state_dict()
+    with_critic = meta.get("critic", True)
+    if not isinstance(with_critic, bool):
+        msg = f'{meta_path}: "critic" must be true or false (whether the weights hold the critic), found {with_critic!r}'
+        raise ModelFileError(msg)
+    expected = {k: v for k, v in model.state_dict().items() if with_critic or not k.startswith(_CRITIC)}
     if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
         diff = sorted(set(state) ^ set(expected)) or [k for k in expected if state[k].shape != expected[k].shape]
         msg = f"{weights}: tensors do not match the architecture in model.json (differences: {diff[:5]})"
         raise ModelFileError(msg)
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=with_critic)
+    if not with_critic:
+        model.has_critic = False
+        model.critic.register_forward_pre_hook(_no_critic)
     try:
         check_model(model)
     except ValueError as err:

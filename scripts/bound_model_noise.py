@@ -4,6 +4,7 @@ model.json cannot simply be edited).
 
     python scripts/bound_model_noise.py fastcalo/models/default 5 -o runs/default-b5
     python scripts/bound_model_noise.py fastcalo/models/default none -o runs/default-unbounded
+    python scripts/bound_model_noise.py runs/critic-conv/best 4 -o runs/conv-b4 --no-critic
 
 The training record is kept, with the bound noted (``"noise_bound_set_after_training"``; ``none``
 removes the bound: the model as trained).
@@ -24,6 +25,7 @@ def main() -> int:
     parser.add_argument("bound", help="the largest noise term sigma g of a cell's logit, > 0, or 'none' (unbounded)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="the model directory to write")
     parser.add_argument("--overwrite", action="store_true", help="replace the output directory")
+    parser.add_argument("--no-critic", action="store_true", help="leave the critic's weights out (a model to generate with; model.save(critic=False))")
     args = parser.parse_args()
     model = load(args.model)
     try:
@@ -33,8 +35,9 @@ def main() -> int:
         parser.error(str(err))
     bounded = ShowerModel(config, preprocessing=model.preprocessing, detector=model.detector)
     bounded.load_state_dict(model.state_dict())
+    bounded.has_critic = model.has_critic  # an untrained critic is not saved as if it were one
     training = dict(model.metadata.get("training", {}), noise_bound_set_after_training=bound)
-    path = save(bounded, args.output, training=training, overwrite=args.overwrite)
+    path = save(bounded, args.output, training=training, overwrite=args.overwrite, critic=not args.no_critic)
     print(f"{path}: generator_noise_max = {bound}")
     return 0
 

@@ -560,3 +560,36 @@ def test_the_critics_convolutional_branch_is_local_and_saved(tmp_path) -> None:
             ModelConfig(critic_conv=bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="critic_conv needs the MLP critic"):
         ModelConfig(kind="conv", critic_conv=4)
+
+
+def test_a_model_saved_without_its_critic_generates_the_same_showers(tmp_path) -> None:
+    """save(critic=False): the critic's tensors are left out (a smaller file), the showers are the
+    same to the bit, the loaded critic refuses to run, and saving it again keeps it critic-less
+    (an untrained critic is never written as if trained)."""
+    model = ShowerModel(CONFIGS["mlp-critic-conv"])
+    full, light = save(model, tmp_path / "full"), save(model, tmp_path / "light", critic=False)
+    from safetensors import safe_open
+
+    with safe_open(str(light / "model.safetensors"), "pt") as handle:
+        names = set(handle.keys())
+    assert names == {k for k in model.state_dict() if not k.startswith("critic.")} and names
+    assert (light / "model.safetensors").stat().st_size < (full / "model.safetensors").stat().st_size
+    loaded = load(light)
+    assert loaded.has_critic is False and load(full).has_critic is True
+    np.testing.assert_array_equal(loaded.sample(**PARTICLES, seed=4), model.sample(**PARTICLES, seed=4))
+    x, c, r = torch.rand((2, 576)), torch.rand((2, model.conditions.width)), torch.rand(2)
+    with pytest.raises(RuntimeError, match="saved without its critic"):
+        loaded.critic(x, c, r)
+    again = save(loaded, tmp_path / "again")  # critic=True asked, none to write
+    assert json.loads((again / "model.json").read_text())["critic"] is False
+    assert (again / "model.safetensors").read_bytes() == (light / "model.safetensors").read_bytes()
+
+    meta = json.loads((light / "model.json").read_text())
+    meta["critic"] = True  # claims a critic the weights do not hold
+    (light / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match="do not match the architecture .*critic"):
+        load(light)
+    meta["critic"] = "no"
+    (light / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match='"critic" must be true or false'):
+        load(light)
