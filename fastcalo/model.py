@@ -627,6 +627,9 @@ class Critic(nn.Module):
     def __init__(self, config: ModelConfig, n_conditions: int, n_cells: int, preprocessing: Preprocessing | None = None) -> None:
         super().__init__()
         self.side = n_cells
+        #: False for the critic of a model saved without it (``save(..., critic=False)``): its
+        #: weights are untrained, so it refuses to run and is never saved as if trained
+        self.trained = True
         n_extra = n_conditions + 1
         self.preprocessing = preprocessing or Preprocessing()
         self.with_features = config.critic_features
@@ -742,6 +745,9 @@ class Critic(nn.Module):
         return (std @ self.regions.T).repeat_interleave(self.group, dim=0)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, r_code: torch.Tensor) -> torch.Tensor:
+        if not self.trained:
+            msg = "this model was saved without its critic (save(..., critic=False)): it generates showers, but its critic has no trained weights to run"
+            raise RuntimeError(msg)
         extra = [c, r_code[:, None]] + ([self.shower_features(x)] if self.with_features else [])
         if self.with_profiles:
             extra.append(self.profiles(x))
@@ -780,9 +786,17 @@ class ShowerModel(nn.Module):
         self.energy: EnergyModel | EnergyGenerator = EnergyModel(config, n_c) if config.energy == "model" else EnergyGenerator(config, n_c)
         self.generator = Generator(config, n_c, detector.n_cells)
         self.critic = Critic(config, n_c, detector.n_cells, self.preprocessing)
-        #: False for a model loaded from a directory saved without its critic
-        #: (``save(..., critic=False)``): its critic has no trained weights and refuses to run
-        self.has_critic = True
+
+    @property
+    def has_critic(self) -> bool:
+        """False for a model loaded from a directory saved without its critic
+        (``save(..., critic=False)``), or marked so by hand: its critic has no trained weights,
+        refuses to run, and :func:`save` leaves it out."""
+        return self.critic.trained
+
+    @has_critic.setter
+    def has_critic(self, value: bool) -> None:
+        self.critic.trained = bool(value)
 
     def cells(
         self,
@@ -1065,11 +1079,6 @@ def save(
 _CRITIC = "critic."
 
 
-def _no_critic(module: nn.Module, args: Any) -> None:
-    msg = "this model was saved without its critic (save(..., critic=False)): it generates showers, but its critic has no trained weights to run"
-    raise RuntimeError(msg)
-
-
 #: What a model directory of fastcalo holds: the weights, their JSON record and, for an exported
 #: training, its run config (``fastcalo train --export``).
 _MODEL_FILES = ("model.json", "model.safetensors", "train.toml")
@@ -1177,7 +1186,6 @@ def load(directory: str | os.PathLike[str], *, detector: Detector | None = None)
     model.load_state_dict(state, strict=with_critic)
     if not with_critic:
         model.has_critic = False
-        model.critic.register_forward_pre_hook(_no_critic)
     try:
         check_model(model)
     except ValueError as err:

@@ -580,6 +580,10 @@ def test_a_model_saved_without_its_critic_generates_the_same_showers(tmp_path) -
     x, c, r = torch.rand((2, 576)), torch.rand((2, model.conditions.width)), torch.rand(2)
     with pytest.raises(RuntimeError, match="saved without its critic"):
         loaded.critic(x, c, r)
+    by_hand = ShowerModel(CONFIGS["mlp-critic-conv"])
+    by_hand.has_critic = False  # as scripts/bound_model_noise.py marks a copy: refuses the same way
+    with pytest.raises(RuntimeError, match="saved without its critic"):
+        by_hand.critic(x, c, r)
     again = save(loaded, tmp_path / "again")  # critic=True asked, none to write
     assert json.loads((again / "model.json").read_text())["critic"] is False
     assert (again / "model.safetensors").read_bytes() == (light / "model.safetensors").read_bytes()
