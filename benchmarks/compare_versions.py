@@ -8,9 +8,9 @@ the rates summed over the rounds.
 
 With ``--stage kernel`` each round times the CPU engine's numba kernel alone
 (``fastcalo._response.generate``, the end of generation after the networks) on one thread, on the
-outputs of the networks for one block of photons (``fastcalo.engine.BLOCK``, whatever
-``--batch-size``; computed once per process, the same numbers in both checkouts), in showers/s: a change to the kernel that the whole pipeline's
-noise would hide.
+networks' outputs for one block of photons (``fastcalo.engine.BLOCK``, whatever ``--batch-size``;
+computed once per process, the same numbers in both checkouts), in showers/s: a change to the
+kernel that the whole pipeline's noise would hide.
 
     git worktree add /tmp/old <commit>
     python benchmarks/compare_versions.py --old /tmp/old --new . --label dev_2cores

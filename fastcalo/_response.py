@@ -247,8 +247,8 @@ def _total(cells: NDArray[np.float32], lanes: NDArray[np.float64]) -> float:
 def _flagged(flags: NDArray[np.uint8], words: NDArray[np.uint64], count: int, found: NDArray[np.int64]) -> int:
     """Write the indices of the non-zero ``flags`` (``count`` of them) to the start of ``found``
     and return how many, skipping zero 64-bit ``words`` (the same memory): a byte-by-byte scan
-    with a branch per cell costs more than the fix-ups. ``found`` is the kernel's own array,
-    allocated once per call (a list built per row cost 8 % of the kernel)."""
+    with a branch per cell costs more than the fix-ups. ``found`` is allocated once per kernel
+    call, not per row."""
     m = 0
     for w in range(words.shape[0] if count > 0 else 0):
         if words[w] != 0:
