@@ -1,5 +1,5 @@
-"""The run config of a training: its four tables as frozen dataclasses, loaded from TOML, and the
-reference-MC files that its ``[data]`` and ``[monitor]`` tables name.
+"""The run config of a training: its tables as frozen dataclasses, loaded from TOML, and the
+reference-MC files that its ``[data]``, ``[monitor]`` and ``[energy_data]`` tables name.
 
 A config fully determines its data: the showers are generated from the table's seed on first use
 and cached under ``data_dir`` in a file named after a hash of the table (:func:`dataset_path`),
@@ -249,6 +249,10 @@ class RunConfig:
 
     Arguments:
         data, monitor, model, train: the tables ``[data]``, ``[monitor]``, ``[model]``, ``[train]``.
+        energy_data: the optional table ``[energy_data]``: more reference-MC showers (a
+            :class:`DataConfig`) that only the energy model's pre-training reads, beside
+            ``[data]``'s: the tail of E_dep / E_inc (leakage) rests on a few showers per energy,
+            and the energy model costs nothing to train on more, where the GAN's step would.
         data_dir: where the generated MC files are cached (relative to the working directory).
     """
 
@@ -256,17 +260,26 @@ class RunConfig:
     monitor: MonitorConfig = MonitorConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    energy_data: DataConfig | None = None
     data_dir: str = "data"
 
     def __post_init__(self) -> None:
-        data = range(self.data.seed, self.data.seed + len(self.data.particles))
-        monitor = range(self.monitor.seed, self.monitor.seed + len(self.monitor.particles))
-        if set(data) & set(monitor):  # the k-th particle's conditions take seed + k, the MC its table's seed
-            msg = (
-                f"monitor.seed = {self.monitor.seed} must keep the monitor's seeds ({monitor.start}..{monitor.stop - 1}) apart from "
-                f"the training data's ({data.start}..{data.stop - 1}, data.seed = {self.data.seed}): the held-out showers would "
-                "share the training showers' random numbers"
-            )
+        tables: dict[str, DataConfig | MonitorConfig] = {"data": self.data, "monitor": self.monitor}
+        if self.energy_data is not None:
+            tables["energy_data"] = self.energy_data
+        seeds = {name: range(t.seed, t.seed + len(t.particles)) for name, t in tables.items()}
+        names = list(tables)
+        for i, a in enumerate(names):  # the k-th particle's conditions take seed + k, the MC its table's seed
+            for b in names[i + 1 :]:
+                if set(seeds[a]) & set(seeds[b]):
+                    msg = (
+                        f"{b}.seed = {tables[b].seed} must keep the [{b}] seeds ({seeds[b].start}..{seeds[b].stop - 1}) apart from "
+                        f"the [{a}] ones ({seeds[a].start}..{seeds[a].stop - 1}, {a}.seed = {tables[a].seed}): the two tables' "
+                        "showers would share their random numbers"
+                    )
+                    raise ValueError(msg)
+        if self.energy_data is not None and self.model.energy != "model":
+            msg = f"[energy_data] feeds the energy model's pre-training, which model.energy = {self.model.energy!r} does not have; use model.energy = 'model' or drop the table"
             raise ValueError(msg)
         group = self.data.showers_per_condition
         if group > 1 and (self.model.critic_minibatch_std != group or self.train.batch_size % group):
@@ -288,15 +301,15 @@ class RunConfig:
         return values
 
 
-_SECTIONS = {"data": DataConfig, "monitor": MonitorConfig, "model": ModelConfig, "train": TrainConfig}
+_SECTIONS = {"data": DataConfig, "monitor": MonitorConfig, "model": ModelConfig, "train": TrainConfig, "energy_data": DataConfig}
 
 
 def load_config(path: str | os.PathLike[str] | None = None, **overrides: Mapping[str, Any] | str) -> RunConfig:
     """Read a TOML run config into a frozen :class:`RunConfig` (defaults for what it leaves out).
 
     Arguments:
-        path: the TOML file, with tables ``[data]``, ``[monitor]``, ``[model]``, ``[train]`` and
-            the top-level key ``data_dir``; None for the defaults.
+        path: the TOML file, with tables ``[data]``, ``[monitor]``, ``[model]``, ``[train]``,
+            optionally ``[energy_data]``, and the top-level key ``data_dir``; None for the defaults.
         overrides: ``section={key: value}`` dicts applied on top of the file's tables, and
             ``data_dir="..."``.
 
@@ -339,6 +352,7 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Mapping
         monitor=config_from_dict(MonitorConfig, values.get("monitor", {}), "monitor"),
         model=config_from_dict(ModelConfig, values.get("model", {}), "model"),
         train=config_from_dict(TrainConfig, values.get("train", {}), "train"),
+        energy_data=config_from_dict(DataConfig, values["energy_data"], "energy_data") if "energy_data" in values else None,
         data_dir=str(values.get("data_dir", "data")),
     )
 

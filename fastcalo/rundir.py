@@ -304,7 +304,8 @@ def _with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
     """A run's stored config with the keys it lacks (fields added to the config since that run was
     made, whose defaults keep the old behaviour) at their defaults."""
     defaults = RunConfig().to_dict()
-    return {key: {**defaults[key], **value} if isinstance(value, dict) and isinstance(defaults.get(key), dict) else value for key, value in stored.items()}
+    merged = {**defaults, **stored}  # whole tables added since (``energy_data``: None) too
+    return {key: {**defaults[key], **value} if isinstance(value, dict) and isinstance(defaults.get(key), dict) else value for key, value in merged.items()}
 
 
 def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:

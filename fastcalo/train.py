@@ -49,6 +49,7 @@ __all__ = (
     "gradient_penalty",
     "load_config",
     "make_dataset",
+    "retrain_energy",
     "summed_energy_mmd",
     "train",
 )
@@ -350,25 +351,90 @@ def _initial_model(config: RunConfig, data: ShowerData, detector: Detector, devi
     return model
 
 
-def _pretrain_energy(model: ShowerModel, real: _Batchable, optimizer: _Optimizer, tc: TrainConfig, *, rank: int, run: RunDirectory, progress: bool) -> None:
-    """The energy model alone: pinball loss, learning rate on a cosine from ``energy_lr`` to 0, on
-    its own random stream (so that its settings do not change the GAN's batches)."""
+def _energy_inputs(model: ShowerModel, real: _Batchable, extra: ShowerData | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The energy model's training table: encoded conditions and standardised r of the training
+    showers, followed by those of the ``[energy_data]`` showers (``extra``) if the config has them
+    (r standardised as the training data's, the model's preprocessing)."""
+    if extra is None:
+        return real.c, real.r_code
+    c = model.conditions.encode(energy=extra.energy, eta=extra.eta, pdgid=extra.pdgid, impact_x=extra.impact_x, impact_y=extra.impact_y)
+    r = torch.as_tensor(extra.images.sum(axis=(1, 2), dtype=np.float64) / extra.energy, dtype=torch.float32)
+    device = real.c.device
+    return torch.cat([real.c, c.to(device)]), torch.cat([real.r_code, model.preprocessing.encode_r(r).to(device)])
+
+
+def _pretrain_energy(model: ShowerModel, c_all: torch.Tensor, r_all: torch.Tensor, optimizer: _Optimizer, tc: TrainConfig, *, rank: int, run: RunDirectory | None, progress: bool) -> None:
+    """The energy model alone on the table ``c_all``, ``r_all`` (:func:`_energy_inputs`): pinball
+    loss, learning rate on a cosine from ``energy_lr`` to 0, on its own random stream (so that its
+    settings do not change the GAN's batches)."""
     from tqdm.auto import tqdm
 
     energy = model.energy
     if not isinstance(energy, EnergyModel):
         msg = f"only the quantile energy model is pre-trained (model.energy = 'model'), not {type(energy).__name__}"
         raise TypeError(msg)
-    device = real.e.device
+    device = c_all.device
     energy_rng = torch.Generator(device=device).manual_seed(tc.seed + 3 + 1000 * rank)
-    energy.start_from(real.r_code[torch.randperm(len(real), generator=energy_rng, device=device)[:200_000]])
+    energy.start_from(r_all[torch.randperm(len(r_all), generator=energy_rng, device=device)[:200_000]])
     for step in tqdm(range(tc.energy_steps), desc="energy model", disable=not progress):
         optimizer.adam.param_groups[0]["lr"] = cosine_lr(tc.energy_lr, step, tc.energy_steps)
-        c, _, r_code, _ = real.take(torch.randint(len(real), (tc.energy_batch,), generator=energy_rng, device=device))
+        index = torch.randint(len(r_all), (tc.energy_batch,), generator=energy_rng, device=device)
+        c, r_code = c_all[index], r_all[index]
         loss = energy.loss(c, r_code)
         optimizer.step(loss)
-        if (step + 1) % 500 == 0:
+        if run is not None and (step + 1) % 500 == 0:
             run.log({"step": 0, "kind": "energy", "energy_step": step + 1, "pinball": loss.item()})
+
+
+_ENERGY_FIELDS = ("energy", "energy_hidden", "n_quantiles", "quantile_tail", "negative_slope")
+
+
+def retrain_energy(model: ShowerModel, config: RunConfig, *, detector: Detector = DEFAULT_DETECTOR, progress: bool = True) -> None:
+    """Train the energy model of a trained ``model`` again, from scratch, as :func:`train` would
+    with ``config``: the same starting weights (from ``train.seed``), the same table (the
+    ``[data]`` showers and the ``[energy_data]`` ones, generated and cached first if need be) and
+    the same random stream, on the CPU. The generator and the critic are left as they are: the GAN
+    never sees the energy model while it trains (it is conditioned on the real showers' r), so a
+    model trained with one ``[energy_data]`` table takes another's energy model this way without
+    training its GAN again (what differs: the monitor's scores, which draw r from the energy model).
+
+    Arguments:
+        model: a trained model (``energy = "model"``), changed in place.
+        config: the run config; its ``[data]`` must be the model's training data (checked by the
+            standardisation of r the model stores) and its energy model's architecture the model's.
+
+    Raises:
+        ValueError if the config's energy model or training data are not the model's.
+    """
+    from . import datasets
+
+    different = [f for f in _ENERGY_FIELDS if getattr(config.model, f) != getattr(model.config, f)]
+    if config.model.energy != "model" or different:
+        msg = f"the config's energy model is not the model's (model.energy = {config.model.energy!r}; fields that differ: {different or 'none'})"
+        raise ValueError(msg)
+    for spec in (config.data, config.energy_data):
+        if spec is not None:
+            ensure_dataset(spec, config.data_dir, detector=detector, progress=progress)
+    data = datasets.read(dataset_path(config.data, config.data_dir), detector=detector)
+    r = data.images.sum(axis=(1, 2), dtype=np.float64) / data.energy
+    stored = (model.preprocessing.r_mean, model.preprocessing.r_std)
+    if not np.allclose((r.mean(), r.std()), stored, rtol=1e-6, atol=0):
+        msg = f"{dataset_path(config.data, config.data_dir)} is not the model's training data: E_dep / E_inc has mean {r.mean():.6f} and std {r.std():.6f}, the model stores {stored[0]:.6f} and {stored[1]:.6f}"
+        raise ValueError(msg)
+    device = torch.device("cpu")
+    model.to(device)
+    torch.manual_seed(config.train.seed)  # the starting weights, as _initial_model draws them
+    fresh = ShowerModel(config.model, preprocessing=model.preprocessing, detector=detector)
+    model.energy.load_state_dict(fresh.energy.state_dict())
+    real = _Batchable.build(model, data, device)
+    del data
+    extra = None if config.energy_data is None else datasets.read(dataset_path(config.energy_data, config.data_dir), detector=detector)
+    c_all, r_all = _energy_inputs(model, real, extra)
+    del real, extra
+    processes = _distributed.Processes(0, 1, device, owns_group=False)
+    model.energy.requires_grad_(True)
+    _pretrain_energy(model, c_all, r_all, _optimizers(model, config.train, processes)["energy"], config.train, rank=0, run=None, progress=progress)
+    model.energy.requires_grad_(False)
 
 
 def _evaluate(step: int, model: ShowerModel, monitor: Monitor, average: WeightAverage, run: RunDirectory, state: Progress, started: float) -> None:
@@ -455,8 +521,9 @@ def train(
     processes.barrier()  # every process has checked the directory before process 0 writes to it
     run.create()
     if processes.lead:
-        for spec in (config.data, config.monitor):
-            ensure_dataset(spec, config.data_dir, detector=detector, progress=progress)
+        for spec in (config.data, config.monitor, config.energy_data):
+            if spec is not None:
+                ensure_dataset(spec, config.data_dir, detector=detector, progress=progress)
     processes.barrier()
     if tc.threads:
         torch.set_num_threads(tc.threads)
@@ -489,7 +556,11 @@ def train(
 
     if config.model.energy == "model":
         if not state.energy_done:
-            _pretrain_energy(model, real, optimizers["energy"], tc, rank=processes.rank, run=run, progress=progress)
+            extra = None if config.energy_data is None else datasets.read(dataset_path(config.energy_data, config.data_dir), detector=detector)
+            c_all, r_all = _energy_inputs(model, real, extra)
+            del extra
+            _pretrain_energy(model, c_all, r_all, optimizers["energy"], tc, rank=processes.rank, run=run, progress=progress)
+            del c_all, r_all
             state.energy_done = True
         model.energy.requires_grad_(False)
     if state.step == 0:  # the starting point, so that improvement is measured, not assumed

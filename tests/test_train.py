@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from fastcalo import cli
 from fastcalo.model import load
-from fastcalo.train import gradient_penalty, load_config, summed_energy_mmd, train
+from fastcalo.train import dataset_path, gradient_penalty, load_config, retrain_energy, summed_energy_mmd, train
 
 TINY = """
 data_dir = "{data_dir}"
@@ -99,7 +99,10 @@ def test_load_config_rejects_what_it_does_not_know(tmp_path: Path) -> None:
         load_config(None, train={"loss": "mse"})
     # values of the right kind only: refused on loading, not hours later (or never)
     refused = {
-        r"monitor.seed = 2 must keep the monitor's seeds \(2..2\) apart from the training data's \(1..3": {"monitor": {"seed": 2}},
+        r"monitor.seed = 2 must keep the \[monitor\] seeds \(2..2\) apart from the \[data\] ones \(1..3": {"monitor": {"seed": 2}},
+        r"energy_data.seed = 3 must keep the \[energy_data\] seeds \(3..5\) apart from the \[data\] ones \(1..3": {"energy_data": {"seed": 3}},
+        r"energy_data.seed = 999 .* apart from the \[monitor\] ones \(1000..1000": {"energy_data": {"seed": 999}},
+        r"\[energy_data\] feeds the energy model's pre-training, which model.energy = 'loss' does not have": {"energy_data": {"seed": 11}, "model": {"energy": "loss"}},
         r"data.particles must be a non-empty list of \['photon', 'electron', 'positron'\].*got 'photon'": {"data": {"particles": "photon"}},
         r"monitor.particles must be .* got \('muon',\)": {"monitor": {"particles": ["muon"]}},
         "train.batch_size must be a positive integer, got True": {"train": {"batch_size": True}},
@@ -109,6 +112,7 @@ def test_load_config_rejects_what_it_does_not_know(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match=match):
             load_config(None, **overrides)
     assert load_config(None, monitor={"seed": 4}).monitor.seed == 4  # next to the data's 1..3: apart
+    assert load_config(None).energy_data is None and load_config(None, energy_data={"seed": 11}).energy_data.seed == 11  # type: ignore[union-attr]
 
 
 def test_the_run_config_is_importable_from_train_and_takes_data_dir(tmp_path: Path) -> None:
@@ -153,6 +157,36 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(tmp_path: Path, dat
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_energy_data_trains_only_the_energy_model_and_retrain_energy_gives_it_again(tmp_path: Path, data_dir: Path) -> None:
+    plain = tiny_config(tmp_path, data_dir, steps=4, eval_every=4)
+    extra = tmp_path / "energy-data.toml"  # 300 more photons at 5-10 GeV, for the energy model only
+    extra.write_text(plain.read_text() + '[energy_data]\nparticles = ["photon"]\nn_per_particle = 300\nenergy = [5.0, 10.0]\nseed = 21\n')
+    config = load_config(extra)
+    assert config.energy_data is not None
+    train(load_config(plain), tmp_path / "plain", progress=False)
+    train(config, tmp_path / "extra", progress=False)
+    assert dataset_path(config.energy_data, data_dir).is_file()
+    a, b = load(tmp_path / "plain" / "final"), load(tmp_path / "extra" / "final")
+    assert json.loads((tmp_path / "extra" / "config.json").read_text())["energy_data"]["seed"] == 21
+    for net in ("generator", "critic"):  # the GAN never sees the energy model while it trains
+        for key, value in getattr(a, net).state_dict().items():
+            torch.testing.assert_close(getattr(b, net).state_dict()[key], value, rtol=0, atol=0, msg=key)
+    assert any(not torch.equal(value, b.energy.state_dict()[key]) for key, value in a.energy.state_dict().items())
+    # the plain run's model takes the energy model the other config trains: the same to the bit
+    retrain_energy(a, config, progress=False)
+    for key, value in b.energy.state_dict().items():
+        torch.testing.assert_close(a.energy.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    with pytest.raises(ValueError, match=r"fields that differ: \['n_quantiles'\]"):
+        retrain_energy(a, load_config(extra, model={"n_quantiles": 30}), progress=False)
+    with pytest.raises(ValueError, match="is not the model's training data"):
+        retrain_energy(a, load_config(extra, data={"seed": 4}, energy_data={"seed": 31}), progress=False)
+    # a run made before the table existed resumes under a config without it
+    stored = json.loads((tmp_path / "plain" / "config.json").read_text())
+    del stored["energy_data"]
+    (tmp_path / "plain" / "config.json").write_text(json.dumps(stored))
+    train(load_config(plain), tmp_path / "plain", progress=False)
 
 
 def test_bce_baseline_trains(tmp_path: Path, data_dir: Path) -> None:
