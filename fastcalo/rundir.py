@@ -30,7 +30,7 @@ import torch
 from .averaging import WeightAverage
 from .datasets import ShowerData
 from .model import ShowerModel, save
-from .runconfig import RunConfig
+from .runconfig import DataConfig, RunConfig
 
 __all__ = ("Progress", "RunDirectory")
 
@@ -304,7 +304,8 @@ def _with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
     """A run's stored config with the keys it lacks (fields added to the config since that run was
     made, whose defaults keep the old behaviour) at their defaults."""
     defaults = RunConfig().to_dict()
-    merged = {**defaults, **stored}  # whole tables added since (``energy_data``: None) too
+    defaults["energy_data"] = json.loads(json.dumps(dataclasses.asdict(DataConfig())))  # the optional table's fields, when it is there
+    merged = {"energy_data": None, **stored}  # a table added since (``energy_data``) at its default, None
     return {key: {**defaults[key], **value} if isinstance(value, dict) and isinstance(defaults.get(key), dict) else value for key, value in merged.items()}
 
 

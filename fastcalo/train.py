@@ -357,16 +357,16 @@ def _energy_inputs(model: ShowerModel, real: _Batchable, extra: ShowerData | Non
     (r standardised as the training data's, the model's preprocessing)."""
     if extra is None:
         return real.c, real.r_code
-    c = model.conditions.encode(energy=extra.energy, eta=extra.eta, pdgid=extra.pdgid, impact_x=extra.impact_x, impact_y=extra.impact_y)
-    r = torch.as_tensor(extra.images.sum(axis=(1, 2), dtype=np.float64) / extra.energy, dtype=torch.float32)
-    device = real.c.device
-    return torch.cat([real.c, c.to(device)]), torch.cat([real.r_code, model.preprocessing.encode_r(r).to(device)])
+    more = _Batchable.build(model, extra, real.c.device)  # r as the training showers' (float32 sums)
+    return torch.cat([real.c, more.c]), torch.cat([real.r_code, more.r_code])
 
 
-def _pretrain_energy(model: ShowerModel, c_all: torch.Tensor, r_all: torch.Tensor, optimizer: _Optimizer, tc: TrainConfig, *, rank: int, run: RunDirectory | None, progress: bool) -> None:
+def _pretrain_energy(
+    model: ShowerModel, c_all: torch.Tensor, r_all: torch.Tensor, optimizer: _Optimizer, tc: TrainConfig, *, processes: _distributed.Processes, run: RunDirectory | None, progress: bool
+) -> None:
     """The energy model alone on the table ``c_all``, ``r_all`` (:func:`_energy_inputs`): pinball
     loss, learning rate on a cosine from ``energy_lr`` to 0, on its own random stream (so that its
-    settings do not change the GAN's batches)."""
+    settings do not change the GAN's batches); every process starts from the lead's quantiles."""
     from tqdm.auto import tqdm
 
     energy = model.energy
@@ -374,8 +374,9 @@ def _pretrain_energy(model: ShowerModel, c_all: torch.Tensor, r_all: torch.Tenso
         msg = f"only the quantile energy model is pre-trained (model.energy = 'model'), not {type(energy).__name__}"
         raise TypeError(msg)
     device = c_all.device
-    energy_rng = torch.Generator(device=device).manual_seed(tc.seed + 3 + 1000 * rank)
+    energy_rng = torch.Generator(device=device).manual_seed(tc.seed + 3 + 1000 * processes.rank)
     energy.start_from(r_all[torch.randperm(len(r_all), generator=energy_rng, device=device)[:200_000]])
+    processes.broadcast(energy)  # each process's 200 000 are its own when the table is longer
     for step in tqdm(range(tc.energy_steps), desc="energy model", disable=not progress):
         optimizer.adam.param_groups[0]["lr"] = cosine_lr(tc.energy_lr, step, tc.energy_steps)
         index = torch.randint(len(r_all), (tc.energy_batch,), generator=energy_rng, device=device)
@@ -389,17 +390,21 @@ def _pretrain_energy(model: ShowerModel, c_all: torch.Tensor, r_all: torch.Tenso
 _ENERGY_FIELDS = ("energy", "energy_hidden", "n_quantiles", "quantile_tail", "negative_slope")
 
 
-def retrain_energy(model: ShowerModel, config: RunConfig, *, detector: Detector = DEFAULT_DETECTOR, progress: bool = True) -> None:
+def retrain_energy(model: ShowerModel, config: RunConfig, *, progress: bool = True) -> None:
     """Train the energy model of a trained ``model`` again, from scratch, as :func:`train` would
     with ``config``: the same starting weights (from ``train.seed``), the same table (the
     ``[data]`` showers and the ``[energy_data]`` ones, generated and cached first if need be) and
-    the same random stream, on the CPU. The generator and the critic are left as they are: the GAN
-    never sees the energy model while it trains (it is conditioned on the real showers' r), so a
-    model trained with one ``[energy_data]`` table takes another's energy model this way without
-    training its GAN again (what differs: the monitor's scores, which draw r from the energy model).
+    the same random stream, in one process on the CPU; at the same number of torch threads as the
+    run (a matrix product's last bits may depend on it), the weights are those the run would have
+    trained, to the bit. The generator and the critic are left as they are: the GAN never sees the
+    energy model while it trains (it is conditioned on the real showers' r), so a model trained
+    with one ``[energy_data]`` table takes another's energy model this way without training its GAN
+    again. What this does not redo: the monitor's scores draw r from the energy model, so where
+    the run kept a step by its score (before its learning rates anneal; after, the latest is kept)
+    another energy model might have kept another step.
 
     Arguments:
-        model: a trained model (``energy = "model"``), changed in place.
+        model: a trained model (``energy = "model"``), changed in place; its detector is used.
         config: the run config; its ``[data]`` must be the model's training data (checked by the
             standardisation of r the model stores) and its energy model's architecture the model's.
 
@@ -408,10 +413,14 @@ def retrain_energy(model: ShowerModel, config: RunConfig, *, detector: Detector 
     """
     from . import datasets
 
-    different = [f for f in _ENERGY_FIELDS if getattr(config.model, f) != getattr(model.config, f)]
-    if config.model.energy != "model" or different:
-        msg = f"the config's energy model is not the model's (model.energy = {config.model.energy!r}; fields that differ: {different or 'none'})"
+    if config.model.energy != "model" or model.config.energy != "model":
+        msg = f"only a quantile energy model (model.energy = 'model') is pre-trained apart; the config has {config.model.energy!r}, the model {model.config.energy!r}"
         raise ValueError(msg)
+    different = [f for f in _ENERGY_FIELDS if getattr(config.model, f) != getattr(model.config, f)]
+    if different:
+        msg = f"the config's energy model is not the model's: fields that differ: {different}"
+        raise ValueError(msg)
+    detector = model.detector
     for spec in (config.data, config.energy_data):
         if spec is not None:
             ensure_dataset(spec, config.data_dir, detector=detector, progress=progress)
@@ -423,8 +432,9 @@ def retrain_energy(model: ShowerModel, config: RunConfig, *, detector: Detector 
         raise ValueError(msg)
     device = torch.device("cpu")
     model.to(device)
-    torch.manual_seed(config.train.seed)  # the starting weights, as _initial_model draws them
-    fresh = ShowerModel(config.model, preprocessing=model.preprocessing, detector=detector)
+    with torch.random.fork_rng(devices=[]):  # the caller's global random state is left as it was
+        torch.manual_seed(config.train.seed)  # the starting weights, as _initial_model draws them
+        fresh = ShowerModel(config.model, preprocessing=model.preprocessing, detector=detector)
     model.energy.load_state_dict(fresh.energy.state_dict())
     real = _Batchable.build(model, data, device)
     del data
@@ -433,7 +443,7 @@ def retrain_energy(model: ShowerModel, config: RunConfig, *, detector: Detector 
     del real, extra
     processes = _distributed.Processes(0, 1, device, owns_group=False)
     model.energy.requires_grad_(True)
-    _pretrain_energy(model, c_all, r_all, _optimizers(model, config.train, processes)["energy"], config.train, rank=0, run=None, progress=progress)
+    _pretrain_energy(model, c_all, r_all, _optimizers(model, config.train, processes)["energy"], config.train, processes=processes, run=None, progress=progress)
     model.energy.requires_grad_(False)
 
 
@@ -559,7 +569,7 @@ def train(
             extra = None if config.energy_data is None else datasets.read(dataset_path(config.energy_data, config.data_dir), detector=detector)
             c_all, r_all = _energy_inputs(model, real, extra)
             del extra
-            _pretrain_energy(model, c_all, r_all, optimizers["energy"], tc, rank=processes.rank, run=run, progress=progress)
+            _pretrain_energy(model, c_all, r_all, optimizers["energy"], tc, processes=processes, run=run, progress=progress)
             del c_all, r_all
             state.energy_done = True
         model.energy.requires_grad_(False)

@@ -2,7 +2,9 @@
 the same generator and critic, the energy model trained from scratch on the config's ``[data]``
 showers and its ``[energy_data]`` ones, as ``fastcalo train --config`` would train it before the GAN
 (which never sees it while training). Writes a new model directory; the training record takes the
-config's ``[energy_data]`` table and notes the retraining (``"energy_model_retrained"``).
+config's ``[energy_data]`` table and notes the retraining (``"energy_model_retrained"``: the
+``[train]`` values it used, the torch threads). The energy model is the run's to the bit for a
+run trained in one process on the CPU at the same number of threads (``--threads``).
 
     python scripts/retrain_energy_model.py runs/more-b4 --config fastcalo/models/default/train.toml \\
         -o runs/more-b4-tail --no-critic --threads 2
@@ -39,7 +41,10 @@ def main() -> int:
     except ValueError as err:
         parser.error(str(err))
     energy_data = None if config.energy_data is None else dataclasses.asdict(config.energy_data)
-    training = dict(model.metadata.get("training", {}), energy_data=energy_data, energy_model_retrained=True)
+    # what trained the new energy model, beside the run's record (its [train] table trained the rest)
+    tc = config.train
+    retrained = {"seed": tc.seed, "energy_steps": tc.energy_steps, "energy_lr": tc.energy_lr, "energy_batch": tc.energy_batch, "threads": torch.get_num_threads()}
+    training = dict(model.metadata.get("training", {}), energy_data=energy_data, energy_model_retrained=retrained)
     path = save(model, args.output, training=training, overwrite=args.overwrite, critic=model.has_critic and not args.no_critic)
     print(f"{path}: energy model trained on [data] and [energy_data] = {energy_data}")
     return 0

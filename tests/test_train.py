@@ -182,11 +182,15 @@ def test_energy_data_trains_only_the_energy_model_and_retrain_energy_gives_it_ag
         retrain_energy(a, load_config(extra, model={"n_quantiles": 30}), progress=False)
     with pytest.raises(ValueError, match="is not the model's training data"):
         retrain_energy(a, load_config(extra, data={"seed": 4}, energy_data={"seed": 31}), progress=False)
-    # a run made before the table existed resumes under a config without it
-    stored = json.loads((tmp_path / "plain" / "config.json").read_text())
-    del stored["energy_data"]
-    (tmp_path / "plain" / "config.json").write_text(json.dumps(stored))
-    train(load_config(plain), tmp_path / "plain", progress=False)
+    # a run made before the table existed resumes under a config without it, and one whose table
+    # lacks a field added since (at its default) under the config with it
+    for run, path, edit in (("plain", plain, lambda c: c.pop("energy_data")), ("extra", extra, lambda c: c["energy_data"].pop("showers_per_condition"))):
+        stored = json.loads((tmp_path / run / "config.json").read_text())
+        edit(stored)
+        (tmp_path / run / "config.json").write_text(json.dumps(stored))
+        train(load_config(path), tmp_path / run, progress=False)
+    with pytest.raises(ValueError, match="different config.*energy_data"):
+        train(load_config(plain), tmp_path / "extra", progress=False)
 
 
 def test_bce_baseline_trains(tmp_path: Path, data_dir: Path) -> None:
