@@ -252,7 +252,8 @@ class RunConfig:
         energy_data: the optional table ``[energy_data]``: more reference-MC showers (a
             :class:`DataConfig`) that only the energy model's pre-training reads, beside
             ``[data]``'s: the tail of E_dep / E_inc (leakage) rests on a few showers per energy,
-            and the energy model costs nothing to train on more, where the GAN's step would.
+            and more of them cost the MC's time and minutes of the energy model's pre-training,
+            where more ``[data]`` would also change every GAN step's data.
         data_dir: where the generated MC files are cached (relative to the working directory).
     """
 
