@@ -39,6 +39,7 @@ __all__ = (
     "feature_histograms",
     "features",
     "in_group",
+    "response_points",
     "response_table",
 )
 
@@ -264,10 +265,24 @@ class ResponsePoint:
 
 def response_table(data: ShowerData, groups: list[tuple[float, float]] | None = None) -> list[ResponsePoint]:
     """Energy response per energy point or bin (see :func:`energy_groups`)."""
-    response = data.images.sum(axis=(1, 2), dtype=np.float64) / data.energy
+    return response_points(data.energy, data.images.sum(axis=(1, 2), dtype=np.float64) / data.energy, groups)
+
+
+def response_points(energy: np.ndarray, response: np.ndarray, groups: list[tuple[float, float]] | None = None) -> list[ResponsePoint]:
+    """:func:`response_table` of the responses E_dep / E_inc ``response`` (N,) of showers of
+    incident energies ``energy`` (N,), GeV: for samples pooled from several files or draws
+    without their images. Groups with fewer than two showers are left out.
+
+    Example:
+        >>> rng = np.random.default_rng(1)
+        >>> energy = np.repeat([10.0, 50.0], 20000)
+        >>> response = 0.97 + 0.01 * rng.standard_normal(energy.size)
+        >>> [(p.energy_low, round(p.mean, 3), round(p.resolution, 4)) for p in response_points(energy, response)]
+        [(10.0, 0.97, 0.0102), (50.0, 0.97, 0.0102)]
+    """
     rows = []
-    for low, high in groups or energy_groups(data.energy):
-        selected = response[in_group(data.energy, low, high)]
+    for low, high in groups or energy_groups(energy):
+        selected = response[in_group(energy, low, high)]
         n = selected.size
         if n < 2:
             continue
