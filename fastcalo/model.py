@@ -62,6 +62,7 @@ __all__ = (
     "ModelFileError",
     "Preprocessing",
     "ShowerModel",
+    "THRESHOLDS",
     "check_model",
     "config_from_dict",
     "load",
@@ -71,6 +72,9 @@ __all__ = (
 
 #: The shipped default model's directory (model.safetensors, model.json and its train.toml).
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default"
+
+#: The zero suppressions of :meth:`Preprocessing.zero_suppress`: generation's, and training's two.
+THRESHOLDS = ("hard", "soft", "straight-through")
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -335,11 +339,36 @@ class Preprocessing:
     def decode_r(self, code: torch.Tensor) -> torch.Tensor:
         return code * self.r_std + self.r_mean
 
-    def zero_suppress(self, cells: torch.Tensor, *, soft: bool = False) -> torch.Tensor:
-        """Cells below the threshold set to 0 (a sigmoid step of ``soft_width`` if ``soft``)."""
-        if soft:
-            return cells * torch.sigmoid((cells - self.threshold) / self.soft_width)
-        return torch.where(cells >= self.threshold, cells, torch.zeros((), dtype=cells.dtype, device=cells.device))
+    def zero_suppress(self, cells: torch.Tensor, *, threshold: str = "hard") -> torch.Tensor:
+        """Cells below the threshold set to 0.
+
+        ``threshold`` (:data:`THRESHOLDS`): ``"hard"``, the step of generation; ``"soft"``, a
+        sigmoid step of ``soft_width``, differentiable (a cell reading 5.5 MeV at a 5 MeV threshold
+        comes out 3.4 MeV, a value that a hard threshold never gives); ``"straight-through"``, the
+        hard step forward with the soft step's gradient backward (the straight-through estimator,
+        arXiv:1308.3432): the values are those of generation, the gradient still reaches cells
+        just below the threshold.
+
+        Example:
+            >>> pre = Preprocessing()   # 5 MeV threshold, 1 MeV soft width
+            >>> cells = torch.tensor([0.004, 0.0055, 0.02], requires_grad=True)
+            >>> [[round(v, 4) for v in pre.zero_suppress(cells, threshold=t).tolist()] for t in ("hard", "soft")]
+            [[0.0, 0.0055, 0.02], [0.0011, 0.0034, 0.02]]
+            >>> out = pre.zero_suppress(cells, threshold="straight-through")
+            >>> out.sum().backward()
+            >>> [round(v, 4) for v in out.tolist()], [round(g, 2) for g in cells.grad.tolist()]
+            ([0.0, 0.0055, 0.02], [1.06, 1.91, 1.0])
+        """
+        if threshold not in THRESHOLDS:
+            msg = f"threshold must be one of {THRESHOLDS}, got {threshold!r}"
+            raise ValueError(msg)
+        hard = torch.where(cells >= self.threshold, cells, torch.zeros((), dtype=cells.dtype, device=cells.device))
+        if threshold == "hard":
+            return hard
+        soft = cells * torch.sigmoid((cells - self.threshold) / self.soft_width)
+        if threshold == "soft":
+            return soft
+        return hard.detach() + (soft - soft.detach())
 
     def zero_suppress_(self, cells: torch.Tensor) -> torch.Tensor:
         """:meth:`zero_suppress` (hard) in place. For float32 in one pass: ``threshold_`` keeps x > t,
@@ -805,15 +834,16 @@ class ShowerModel(nn.Module):
         r_code: torch.Tensor,
         e_inc: torch.Tensor,
         *,
-        soft: bool,
+        threshold: str,
         noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Generated cell energies (N, 576) in GeV: the softmax shape times E_dep = r E_inc (plus the
         electronic noise, standard normals ``noise`` (N, 576) times ``Response.noise``, if
-        ``config.cell_noise``, with the photo-statistics in quadrature if ``config.photostatistics``), zero suppressed (soft or hard), then rescaled so that the cells sum
+        ``config.cell_noise``, with the photo-statistics in quadrature if ``config.photostatistics``), zero suppressed (``threshold``: ``"hard"`` when generating, ``"soft"`` or
+        ``"straight-through"`` in training, :meth:`Preprocessing.zero_suppress`), then rescaled so that the cells sum
         to E_dep exactly (the energy model owns the total; without cell noise the scale factor is
         >= 1, so no kept cell drops below threshold; with it, cells pushed below are suppressed
-        again, which loses at most a few threshold-sized cells). When generating (hard, no
+        again, which loses at most a few threshold-sized cells; not with the soft threshold). When generating (hard, no
         gradient), a shower whose deposit or total is not finite (a broken model) comes out all
         NaN, never zero-suppressed into an empty image."""
         deposit, total = self._deposit(z, c, r_code, e_inc)
@@ -822,7 +852,7 @@ class ShowerModel(nn.Module):
             msg = "this model adds cell noise (config.cell_noise): pass noise, standard normals of shape (N, n_cells)"
             raise ValueError(msg)
         noise = None if noise is None else noise.float()
-        if not soft and not torch.is_grad_enabled():  # generation: the same steps, in place (fewer passes over memory)
+        if threshold == "hard" and not torch.is_grad_enabled():  # generation: the same steps, in place (fewer passes over memory)
             if noise is not None and self.config.cell_noise:
                 # rounded as the training path rounds it
                 deposit.add_(self._spread(deposit).mul_(noise) if self.config.photostatistics else noise * self.detector.response.noise)
@@ -836,10 +866,10 @@ class ShowerModel(nn.Module):
             if bool(broken.any()):
                 deposit[broken] = float("nan")
             return deposit
-        kept = self.respond(deposit, noise, soft=soft) if noise is not None and self.config.cell_noise else self.preprocessing.zero_suppress(deposit, soft=soft)
+        kept = self.respond(deposit, noise, threshold=threshold) if noise is not None and self.config.cell_noise else self.preprocessing.zero_suppress(deposit, threshold=threshold)
         scaled = kept * (total / kept.sum(dim=1, keepdim=True).clamp_min(1e-12))
-        if self.config.cell_noise and not soft:  # noise can make the factor < 1: re-apply the threshold
-            scaled = self.preprocessing.zero_suppress(scaled)
+        if self.config.cell_noise and threshold != "soft":  # noise can make the factor < 1: re-apply the threshold
+            scaled = self.preprocessing.zero_suppress(scaled, threshold=threshold)
         return scaled
 
     def _deposit(self, z: torch.Tensor, c: torch.Tensor, r_code: torch.Tensor, e_inc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -876,7 +906,7 @@ class ShowerModel(nn.Module):
         total = self.preprocessing.decode_r(r_code.float()).clamp_min(0.0) * e_inc.float()
         return out, total
 
-    def respond(self, deposit: torch.Tensor, noise: torch.Tensor, *, soft: bool = False) -> torch.Tensor:
+    def respond(self, deposit: torch.Tensor, noise: torch.Tensor, *, threshold: str = "hard") -> torch.Tensor:
         """The detector response of the reference MC on deposits: cells (N, 576) in GeV read
         ``deposit + sigma * noise`` (negatives clipped to 0), then zero suppressed (soft or hard).
 
@@ -889,7 +919,8 @@ class ShowerModel(nn.Module):
         Arguments:
             deposit: energies before the response, (N, 576) GeV.
             noise: standard normals, one per cell, (N, 576).
-            soft: the differentiable threshold of training.
+            threshold: ``"hard"`` (generation), or the differentiable ``"soft"`` or
+                ``"straight-through"`` of training (:meth:`Preprocessing.zero_suppress`).
 
         Example:
             >>> model = ShowerModel(ModelConfig(cell_noise=True, photostatistics=True))
@@ -898,7 +929,7 @@ class ShowerModel(nn.Module):
             [0.0, 0.0064, 1.0224]
         """
         spread = self._spread(deposit) if self.config.photostatistics else self.detector.response.noise
-        return self.preprocessing.zero_suppress((deposit + spread * noise).clamp_min(0.0), soft=soft)
+        return self.preprocessing.zero_suppress((deposit + spread * noise).clamp_min(0.0), threshold=threshold)
 
     def _spread(self, deposit: torch.Tensor) -> torch.Tensor:
         """The response's standard deviation per cell in GeV (a new tensor) with
@@ -916,7 +947,7 @@ class ShowerModel(nn.Module):
         normal cell noise (N, 576); deterministic given its inputs."""
         precision = next(self.energy.parameters()).dtype  # float32 also in a half-precision Simulator
         r_code = self.energy.sample(c.to(precision), u.to(precision))
-        return self.cells(z, c, r_code, e_inc, soft=False, noise=noise)
+        return self.cells(z, c, r_code, e_inc, threshold="hard", noise=noise)
 
     def sample(
         self,

@@ -178,6 +178,13 @@ class TrainConfig:
             ``ema_decay``, whose average the critic never sees). From ``lr_decay_start`` on,
             every evaluation becomes ``best/`` (:meth:`fastcalo.rundir.Progress.keep`): the
             annealed end is the model, not the step the flat score happens to prefer.
+        threshold: the zero suppression of the generated cells that the critic sees in training
+            (:meth:`fastcalo.model.Preprocessing.zero_suppress`). ``"soft"``: a sigmoid step of
+            the preprocessing's ``soft_width`` (1 MeV), differentiable, but a cell reading just
+            above the threshold comes out below it, a value no real shower has, so the critic can
+            tell such cells apart and the generator learns to avoid them.
+            ``"straight-through"``: the hard step of generation forward, the sigmoid's gradient
+            backward: the critic sees the cells exactly as generation makes them.
         eval_every: generator steps between evaluations on the monitor set (and checkpoints).
         seed: seeds parameters, batches and noise.
         threads: torch CPU threads (0: all cores).
@@ -210,6 +217,7 @@ class TrainConfig:
     ema_start: int = 0
     lr_decay_start: int = 0
     lr_decay_steps: int = 0
+    threshold: str = "soft"
     eval_every: int = 1000
     seed: int = 0
     threads: int = 0
@@ -218,6 +226,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.loss not in ("wgan-gp", "bce"):
             msg = f"train.loss must be 'wgan-gp' or 'bce', got {self.loss!r}"
+            raise ValueError(msg)
+        if self.threshold not in ("soft", "straight-through"):
+            msg = f"train.threshold must be 'soft' or 'straight-through', got {self.threshold!r}"
             raise ValueError(msg)
         for name in ("steps", "batch_size", "n_critic", "eval_every", "energy_batch"):
             value = getattr(self, name)

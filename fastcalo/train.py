@@ -224,12 +224,13 @@ def _energy_source(model: ShowerModel, rng: torch.Generator) -> _EnergySource:
     return lambda c, r_real: model.energy.sample(c, torch.rand((len(c),), generator=rng, device=c.device))
 
 
-def _draw(model: ShowerModel, real: _Batchable, rng: torch.Generator, energy: _EnergySource, n: int, group: int = 1) -> _Batch:
+def _draw(model: ShowerModel, real: _Batchable, rng: torch.Generator, energy: _EnergySource, n: int, group: int = 1, threshold: str = "soft") -> _Batch:
     """``n`` random real showers and generated ones at their conditions. From ``rng``, in this
     order: the showers' indices, the latent noise, the energy network's uniforms (``"loss"``),
     the cell noise (``cell_noise``). With ``group`` > 1 (``data.showers_per_condition``), ``n /
     group`` random groups of ``group`` consecutive showers (the showers of one condition), each
-    group's rows consecutive in the batch."""
+    group's rows consecutive in the batch. ``threshold``: the zero suppression of the generated
+    cells (``train.threshold``)."""
     device = real.e.device
     if group == 1:
         index = torch.randint(len(real), (n,), generator=rng, device=device)
@@ -240,7 +241,7 @@ def _draw(model: ShowerModel, real: _Batchable, rng: torch.Generator, energy: _E
     z = torch.randn((n, model.generator.n_inputs), generator=rng, device=device)
     r_fake = energy(c, r_real)
     noise = torch.randn((n, model.detector.n_total_cells), generator=rng, device=device) if model.config.cell_noise else None
-    fake = model.preprocessing.to_network(model.cells(z, c, r_fake, e, soft=True, noise=noise))
+    fake = model.preprocessing.to_network(model.cells(z, c, r_fake, e, threshold=threshold, noise=noise))
     return _Batch(c, e, r_real, x, r_fake, fake)
 
 
@@ -588,7 +589,7 @@ def train(
             optimizers[name].scale_lr(gan_lr_factor(step, tc.lr_decay_start, tc.lr_decay_steps), base_lr[name])
         for _ in range(tc.n_critic):
             with torch.no_grad():
-                b = _draw(model, real, rng, energy, tc.batch_size, group)
+                b = _draw(model, real, rng, energy, tc.batch_size, group, tc.threshold)
             d_real, d_fake = model.critic(b.x, b.c, b.r_real), model.critic(b.fake, b.c, b.r_fake)
             loss_c, logged = critic_loss(d_real, d_fake, b)
             for name, value in logged.items():
@@ -597,7 +598,7 @@ def train(
         means.add("wasserstein", (d_real.mean() - d_fake.mean()).item())
         means.add("critic_loss", loss_c.item())
 
-        b = _draw(model, real, rng, energy, tc.batch_size, group)
+        b = _draw(model, real, rng, energy, tc.batch_size, group, tc.threshold)
         loss_g, logged = generator_loss(model.critic(b.fake, b.c, b.r_fake), b)
         for name, value in logged.items():
             means.add(name, value.item())

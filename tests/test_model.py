@@ -98,11 +98,35 @@ def test_every_parameter_gets_a_gradient(model: ShowerModel) -> None:
         energy_loss = torch.zeros(())
     z = torch.randn(5, model.generator.n_inputs)
     noise = torch.randn(5, 576) if model.config.cell_noise else None
-    fake = model.preprocessing.to_network(model.cells(z, c, r_code, e, soft=True, noise=noise))
+    fake = model.preprocessing.to_network(model.cells(z, c, r_code, e, threshold="soft", noise=noise))
     loss = model.critic(fake, c, r_code).sum() + energy_loss
     loss.backward()
     missing = [name for name, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
     assert missing == []
+
+
+def test_straight_through_threshold_gives_generation_cells_with_a_gradient_at_the_threshold(model: ShowerModel) -> None:
+    """The critic sees in training, with ``train.threshold = "straight-through"``, the cells that
+    generation makes (a soft threshold gives other values), and the generator still gets the soft
+    step's gradient, also from cells that the hard step zeroes."""
+    c = model.conditions.encode(**PARTICLES)
+    e = torch.tensor(PARTICLES["energy"])
+    g = torch.Generator().manual_seed(5)
+    z, r_code = torch.randn((5, model.generator.n_inputs), generator=g), torch.randn(5, generator=g)
+    noise = torch.randn((5, model.detector.n_total_cells), generator=g) if model.config.cell_noise else None
+    with torch.no_grad():
+        hard = model.cells(z, c, r_code, e, threshold="hard", noise=noise)
+        soft = model.cells(z, c, r_code, e, threshold="soft", noise=noise)
+    model.zero_grad()
+    through = model.cells(z, c, r_code, e, threshold="straight-through", noise=noise)
+    torch.testing.assert_close(through.detach(), hard, rtol=1e-6, atol=0.0)
+    threshold = model.preprocessing.threshold
+    assert bool(((hard == 0) | (hard >= threshold)).all())
+    assert bool(((soft > 0) & (soft < threshold)).any())  # the soft step's values no real shower has
+    (through * torch.rand(through.shape, generator=g)).sum().backward()  # (the plain sum is E_dep: no gradient to the shape)
+    assert all(p.grad is not None and bool(torch.any(p.grad != 0)) for p in model.generator.parameters())
+    with pytest.raises(ValueError, match=r"threshold must be one of \('hard', 'soft', 'straight-through'\), got 'sharp'"):
+        model.preprocessing.zero_suppress(hard, threshold="sharp")
 
 
 def test_conditions_encoding_and_unknown_particle() -> None:

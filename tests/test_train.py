@@ -107,6 +107,7 @@ def test_load_config_rejects_what_it_does_not_know(tmp_path: Path) -> None:
         r"monitor.particles must be .* got \('muon',\)": {"monitor": {"particles": ["muon"]}},
         "train.batch_size must be a positive integer, got True": {"train": {"batch_size": True}},
         r"train.lr must be a learning rate > 0, got -1.0": {"train": {"lr": -1.0}},
+        r"train.threshold must be 'soft' or 'straight-through', got 'hard'": {"train": {"threshold": "hard"}},
     }
     for match, overrides in refused.items():
         with pytest.raises(ValueError, match=match):
