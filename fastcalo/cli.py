@@ -130,7 +130,7 @@ def _train(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     run_dir = args.run_dir or Path("runs") / args.config.stem
-    best = train(config, run_dir, resume=not args.fresh_only, progress=not args.no_progress)
+    best = train(config, run_dir, resume=not args.fresh_only, progress=not args.no_progress, start_from=args.start_from)
     log.info("kept model (lowest monitor score; the latest once the learning rates anneal): %s", best)
     if args.export is not None:
         config_text = args.config.read_bytes()  # read first: --export may be the config's own directory
@@ -397,6 +397,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--export", type=Path, default=None, help="copy the kept model (and the config) to this directory")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --export directory")
     p.add_argument("--fresh-only", action="store_true", help="refuse to resume an existing run directory")
+    p.add_argument(
+        "--start-from", type=Path, default=None, metavar="RUN_DIR",
+        help="begin at the checkpoint of the run in RUN_DIR (same [model] and [data]) under this config: a second phase of training",
+    )  # fmt: skip
     p.add_argument(
         "--threads", type=int, default=0, help="torch CPU threads for this process (default: the config's [train] threads)"
     )

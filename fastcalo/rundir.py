@@ -10,6 +10,7 @@
     checkpoint.json             a copy of the progress to read: the run's :class:`Progress` and the optimizers' settings
     best/, final/               models (fastcalo.model.save): the lowest monitor score (the latest evaluation once the learning rates anneal), the last step
     processes.json              with several processes: whether they ended with the same weights
+    started_from.json           a run started from another run's checkpoint (:meth:`RunDirectory.start_from`)
 
 Only the lead process (process 0) writes; the others read (the config check, the checkpoint).
 """
@@ -114,6 +115,78 @@ class RunDirectory:
     def metrics_path(self) -> Path:
         """``metrics.jsonl``."""
         return self.path / "metrics.jsonl"
+
+    @property
+    def started_from(self) -> dict[str, Any] | None:
+        """``started_from.json`` of a run started from another's checkpoint (the parent's path,
+        step and config), else None."""
+        path = self.path / "started_from.json"
+        return dict(json.loads(path.read_text())) if path.is_file() else None
+
+    def start_from(self, parent: str | os.PathLike[str]) -> None:
+        """Begin this run at the checkpoint of the run in ``parent``, under this run's config: a
+        second phase of training (a fine-tune with other settings: learning rates, their schedule,
+        ``train.threshold``, more steps). The parent's directory is only read.
+
+        The new directory receives the parent's checkpoint, its metrics log up to the checkpoint's
+        step (the history goes on) and ``started_from.json`` (the parent's path, step and config);
+        the run then resumes from that checkpoint as from its own. ``[model]`` and ``[data]`` must
+        be the parent's (the weights and the training showers), and ``train.steps`` more than its
+        step. If the energy model's settings differ (``[energy_data]``, ``train.energy_steps``,
+        ``energy_lr``, ``energy_batch``, ``seed``), the energy model is trained again, from the
+        start, as :func:`fastcalo.train.retrain_energy` would (the GAN never sees it). Called on a
+        directory that this started already, it does nothing (the run resumes from its own
+        checkpoint).
+
+        Raises:
+            ValueError if the parent holds no run or no checkpoint, if the configs differ in
+            ``[model]`` or ``[data]`` (naming the keys), if ``train.steps`` is not above the
+            parent's step, or if this directory holds another run.
+        """
+        parent = Path(parent)
+        mine = self.started_from
+        if mine is not None and Path(mine["run"]) == parent.resolve():
+            return
+        if (self.path / "config.json").is_file():
+            msg = f"{self.path} already holds a run{' started from ' + mine['run'] if mine else ''}; start from {parent} in a new directory"
+            raise ValueError(msg)
+        if not (parent / "config.json").is_file() or not (parent / "checkpoint.safetensors").is_file():
+            msg = f"{parent} holds no run with a checkpoint to start from (config.json and checkpoint.safetensors)"
+            raise ValueError(msg)
+        stored = _with_defaults(json.loads((parent / "config.json").read_text()))
+        different = [key for table in ("model", "data") for key in _differences({table: stored[table]}, {table: self.wanted[table]})]
+        if different:
+            msg = f"{self.path}: only a run of the same model and training data can start from {parent}; keys that differ: {', '.join(different)}"
+            raise ValueError(msg)
+        progress = RunDirectory(parent, self.config)._checkpoint_progress()
+        if self.config.train.steps <= progress["step"]:
+            msg = f"{parent} has trained {progress['step']} steps; train.steps = {self.config.train.steps} must be more to start from it"
+            raise ValueError(msg)
+        if not self.lead:
+            return
+        from safetensors.torch import load_file, save_file
+
+        energy = lambda c: (c["energy_data"], *(c["train"][k] for k in ("energy_steps", "energy_lr", "energy_batch", "seed")))  # noqa: E731
+        if energy(stored) != energy(self.wanted):
+            progress["energy_done"] = False  # trained again, from the start (fastcalo.train.train)
+        self.path.mkdir(parents=True, exist_ok=True)
+        tensors = load_file(str(parent / "checkpoint.safetensors"))
+        lines = (parent / "metrics.jsonl").read_text().splitlines() if (parent / "metrics.jsonl").is_file() else []
+        tmp = self.path / ".start.tmp.safetensors"
+        try:
+            save_file(tensors, str(tmp), metadata={_PROGRESS_KEY: json.dumps(progress)})
+            umask = os.umask(0)
+            os.umask(umask)
+            tmp.chmod(0o666 & ~umask)
+            self.metrics_path.write_text("".join(line + "\n" for line in lines if json.loads(line)["step"] <= progress["step"]))
+            (self.path / "checkpoint.json").write_text(json.dumps(progress))
+            os.replace(tmp, self.path / "checkpoint.safetensors")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        # last: until it is there, a call again copies the parent's checkpoint again
+        (self.path / "started_from.json").write_text(json.dumps({"run": str(parent.resolve()), "step": progress["step"], "config": stored}, indent=2) + "\n")
+        log.info("starting %s from the checkpoint of %s at step %d", self.path, parent, progress["step"])
 
     def check(self, *, resume: bool = True) -> None:
         """Whether the run may go on here: a new directory, or one holding this run, or this run
@@ -255,6 +328,9 @@ class RunDirectory:
         """
         target = self.path / name
         if self.lead:
+            started = self.started_from
+            if started is not None:  # where the run began: the parent's path and step (its config is in started_from.json)
+                training = dict(training, started_from={"run": started["run"], "step": started["step"]})
             save(model, target, training=dict(self.wanted, **training), overwrite=True)
         return target
 

@@ -391,6 +391,14 @@ def _pretrain_energy(
 _ENERGY_FIELDS = ("energy", "energy_hidden", "n_quantiles", "quantile_tail", "negative_slope")
 
 
+def _fresh_energy(config: RunConfig, preprocessing: Preprocessing, detector: Detector) -> torch.nn.Module:
+    """The energy model's starting weights, as :func:`_initial_model` draws them from ``train.seed``
+    (the caller's global random state is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.train.seed)
+        return ShowerModel(config.model, preprocessing=preprocessing, detector=detector).energy
+
+
 def retrain_energy(model: ShowerModel, config: RunConfig, *, progress: bool = True) -> None:
     """Train the energy model of a trained ``model`` again, from scratch, as :func:`train` would
     with ``config``: the same starting weights (from ``train.seed``), the same table (the
@@ -433,10 +441,7 @@ def retrain_energy(model: ShowerModel, config: RunConfig, *, progress: bool = Tr
         raise ValueError(msg)
     device = torch.device("cpu")
     model.to(device)
-    with torch.random.fork_rng(devices=[]):  # the caller's global random state is left as it was
-        torch.manual_seed(config.train.seed)  # the starting weights, as _initial_model draws them
-        fresh = ShowerModel(config.model, preprocessing=model.preprocessing, detector=detector)
-    model.energy.load_state_dict(fresh.energy.state_dict())
+    model.energy.load_state_dict(_fresh_energy(config, model.preprocessing, detector).state_dict())
     real = _Batchable.build(model, data, device)
     del data
     extra = None if config.energy_data is None else datasets.read(dataset_path(config.energy_data, config.data_dir), detector=detector)
@@ -492,6 +497,7 @@ def train(
     progress: bool = True,
     detector: Detector = DEFAULT_DETECTOR,
     until: int | None = None,
+    start_from: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Train a model as ``config`` says; the run directory shows its own health.
 
@@ -513,6 +519,8 @@ def train(
         progress: show progress bars.
         detector: the geometry of the showers.
         until: stop after this many generator steps (checkpointed, to be resumed by a later call).
+        start_from: a run directory whose checkpoint this run begins at, under ``config``: a second
+            phase of training (:meth:`fastcalo.rundir.RunDirectory.start_from`).
 
     Returns:
         The directory of the kept (best) model.
@@ -528,6 +536,9 @@ def train(
     tc = config.train
     processes = _distributed.setup(tc.device)
     run = RunDirectory(run_dir, config, lead=processes.lead)
+    if start_from is not None:
+        run.start_from(start_from)
+        processes.barrier()
     run.check(resume=resume)
     processes.barrier()  # every process has checked the directory before process 0 writes to it
     run.create()
@@ -567,6 +578,10 @@ def train(
 
     if config.model.energy == "model":
         if not state.energy_done:
+            if state.step > 0:  # started from another run with other energy settings: trained again, from the start
+                model.energy.load_state_dict(_fresh_energy(config, model.preprocessing, detector).state_dict())
+                optimizers["energy"] = _optimizers(model, tc, processes)["energy"]
+                adams["energy"] = optimizers["energy"].adam
             extra = None if config.energy_data is None else datasets.read(dataset_path(config.energy_data, config.data_dir), detector=detector)
             c_all, r_all = _energy_inputs(model, real, extra)
             del extra
