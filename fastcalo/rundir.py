@@ -166,8 +166,7 @@ class RunDirectory:
             return
         from safetensors.torch import load_file, save_file
 
-        energy = lambda c: (c["energy_data"], *(c["train"][k] for k in ("energy_steps", "energy_lr", "energy_batch", "seed")))  # noqa: E731
-        if energy(stored) != energy(self.wanted):
+        if _energy_settings(stored) != _energy_settings(self.wanted):
             progress["energy_done"] = False  # trained again, from the start (fastcalo.train.train)
         self.path.mkdir(parents=True, exist_ok=True)
         tensors = load_file(str(parent / "checkpoint.safetensors"))
@@ -383,6 +382,11 @@ def _with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
     defaults["energy_data"] = json.loads(json.dumps(dataclasses.asdict(DataConfig())))  # the optional table's fields, when it is there
     merged = {"energy_data": None, **stored}  # a table added since (``energy_data``) at its default, None
     return {key: {**defaults[key], **value} if isinstance(value, dict) and isinstance(defaults.get(key), dict) else value for key, value in merged.items()}
+
+
+def _energy_settings(config: dict[str, Any]) -> list[Any]:
+    """What the energy model's pre-training depends on beside ``[model]`` and ``[data]``."""
+    return [config["energy_data"], *(config["train"][key] for key in ("energy_steps", "energy_lr", "energy_batch", "seed"))]
 
 
 def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
