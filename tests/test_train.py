@@ -323,21 +323,21 @@ def test_a_run_started_from_another_goes_on_from_its_checkpoint_under_its_own_co
     """A second phase of training (``start_from``): the parent's checkpoint, history and energy
     model, this config's settings (here the straight-through threshold and a decay), the parent
     left as it was; the energy model trained again when its settings differ; refusals named."""
-    first = load_config(tiny_config(tmp_path, data_dir, steps=20, eval_every=20))
+    first = load_config(tiny_config(tmp_path, data_dir, steps=10, eval_every=10))
     train(first, tmp_path / "first", progress=False)
     parent_files = {p.name: p.read_bytes() for p in (tmp_path / "first").iterdir() if p.is_file()}
-    text = tiny_config(tmp_path, data_dir, steps=30, eval_every=10, lr_decay=(20, 10)).read_text()
+    text = tiny_config(tmp_path, data_dir, steps=14, eval_every=10, lr_decay=(10, 4)).read_text()
     (tmp_path / "second.toml").write_text(text.replace('loss = "wgan-gp"', 'loss = "wgan-gp"\nthreshold = "straight-through"'))
     second = load_config(tmp_path / "second.toml")
     assert second.train.threshold == "straight-through"
     train(second, tmp_path / "second", progress=False, start_from=tmp_path / "first")
     assert {p.name: p.read_bytes() for p in (tmp_path / "first").iterdir() if p.is_file()} == parent_files
     rows = [json.loads(line) for line in (tmp_path / "second" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows if r["kind"] == "eval"] == [0, 20, 30]  # the parent's history goes on
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == [0, 10, 14]  # the parent's history goes on
     started = json.loads((tmp_path / "second" / "started_from.json").read_text())
-    assert (started["run"], started["step"], started["config"]["train"]["steps"]) == (str((tmp_path / "first").resolve()), 20, 20)
+    assert (started["run"], started["step"], started["config"]["train"]["steps"]) == (str((tmp_path / "first").resolve()), 10, 10)
     a, b = load(tmp_path / "first" / "final"), load(tmp_path / "second" / "final")
-    assert b.metadata["training"]["started_from"] == {"run": started["run"], "step": 20}
+    assert b.metadata["training"]["started_from"] == {"run": started["run"], "step": 10}
     assert b.metadata["training"]["train"]["threshold"] == "straight-through"
     assert any(not torch.equal(v, b.generator.state_dict()[k]) for k, v in a.generator.state_dict().items())
     for key, value in a.energy.state_dict().items():  # the same energy settings: the parent's energy model
@@ -357,7 +357,7 @@ def test_a_run_started_from_another_goes_on_from_its_checkpoint_under_its_own_co
         torch.testing.assert_close(c.generator.state_dict()[key], value, rtol=0, atol=0, msg=key)
     with pytest.raises(ValueError, match="only a run of the same model and training data can start from .*keys that differ: model.latent_dim"):
         train(load_config(tmp_path / "second.toml", model={"latent_dim": 4}), tmp_path / "fourth", progress=False, start_from=tmp_path / "first")
-    with pytest.raises(ValueError, match="has trained 20 steps; train.steps = 20 must be more"):
+    with pytest.raises(ValueError, match="has trained 10 steps; train.steps = 10 must be more"):
         train(first, tmp_path / "fourth", progress=False, start_from=tmp_path / "first")
     with pytest.raises(ValueError, match="already holds a run started from .*first; start from .*second in a new directory"):
         train(second, tmp_path / "third", progress=False, start_from=tmp_path / "second")
