@@ -527,7 +527,8 @@ def train(
 
     Raises:
         FileExistsError if ``run_dir`` holds a run and ``resume`` is false; ValueError if it holds
-        a run with another config (naming the keys that differ) or a longer one.
+        a run with another config (naming the keys that differ) or a longer one, or if the run in
+        ``start_from`` cannot be started from (:meth:`fastcalo.rundir.RunDirectory.start_from`).
     """
     from tqdm.auto import tqdm
 
