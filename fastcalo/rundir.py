@@ -136,7 +136,7 @@ class RunDirectory:
         ``energy_lr``, ``energy_batch``, ``seed``), the energy model is trained again, from the
         start, as :func:`fastcalo.train.retrain_energy` would (the GAN never sees it). Called on a
         directory that this started already, it does nothing (the run resumes from its own
-        checkpoint).
+        checkpoint). ``best/`` is chosen among this run's own evaluations.
 
         Raises:
             ValueError if the parent holds no run or no checkpoint, if the configs differ in
@@ -168,6 +168,8 @@ class RunDirectory:
 
         if _energy_settings(stored) != _energy_settings(self.wanted):
             progress["energy_done"] = False  # trained again, from the start (fastcalo.train.train)
+        # best/ is chosen among this run's own evaluations (the parent's kept model is not here)
+        progress.update(best_score=None, best_step=None, best_averaged=False)
         self.path.mkdir(parents=True, exist_ok=True)
         tensors = load_file(str(parent / "checkpoint.safetensors"))
         lines = (parent / "metrics.jsonl").read_text().splitlines() if (parent / "metrics.jsonl").is_file() else []

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from fastcalo import cli
 from fastcalo.model import load
+from fastcalo.rundir import RunDirectory
 from fastcalo.train import dataset_path, gradient_penalty, load_config, retrain_energy, summed_energy_mmd, train
 
 TINY = """
@@ -363,6 +364,9 @@ def test_a_run_started_from_another_goes_on_from_its_checkpoint_under_its_own_co
         train(second, tmp_path / "third", progress=False, start_from=tmp_path / "second")
     with pytest.raises(ValueError, match="holds no run with a checkpoint to start from"):
         train(second, tmp_path / "fourth", progress=False, start_from=tmp_path / "nothing")
+    RunDirectory(tmp_path / "fifth", second).start_from(tmp_path / "first")  # the kept model is chosen anew
+    copied = json.loads((tmp_path / "fifth" / "checkpoint.json").read_text())
+    assert (copied["step"], copied["best_score"], copied["best_step"], copied["energy_done"]) == (10, None, None, True)
 
 
 def test_weight_averaging_resumes_and_extends_exactly(tmp_path: Path, data_dir: Path) -> None:
