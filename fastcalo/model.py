@@ -908,7 +908,7 @@ class ShowerModel(nn.Module):
 
     def respond(self, deposit: torch.Tensor, noise: torch.Tensor, *, threshold: str = "hard") -> torch.Tensor:
         """The detector response of the reference MC on deposits: cells (N, 576) in GeV read
-        ``deposit + sigma * noise`` (negatives clipped to 0), then zero suppressed (soft or hard).
+        ``deposit + sigma * noise`` (negatives clipped to 0), then zero suppressed (``threshold``).
 
         ``sigma`` is the electronic noise (``Response.noise``) and, with
         ``config.photostatistics``, the photo-statistics of the deposit in quadrature: the
